@@ -1,0 +1,141 @@
+"""Every exception synkworld raises.
+
+Callers catch the bases; the code raises the leaves::
+
+    SynkError
+    ├── ConfigError            a setting or a map definition is invalid
+    ├── DeclarationError       a SynkObject subclass is declared wrongly
+    ├── FieldError             a value does not fit a declared field
+    │   └── DocumentError      a stored document cannot become an object
+    ├── WorldError             an operation does not fit the world's state
+    │   ├── UnknownObjectError
+    │   └── DuplicateIdError
+    ├── StoreError             persistence failed
+    │   └── StoreUnavailableError   the database cannot be reached (retry later)
+    └── ProtocolError          a client message is refused; carries the wire code
+        ├── BadJsonError            bad_json
+        ├── BadMessageError         bad_message
+        ├── UnknownMessageError     unknown_message
+        ├── TooManyKeysError        too_many_keys
+        ├── RateLimitedError        rate_limited
+        ├── ForbiddenError          forbidden
+        ├── NoHandlerError          no_handler
+        ├── BadArgsError            bad_args
+        └── HandlerFailedError      handler_failed
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class SynkError(Exception):
+    """The base of every synkworld error."""
+
+
+class ConfigError(SynkError, ValueError):
+    """A setting or a map definition is invalid."""
+
+
+class DeclarationError(SynkError, TypeError):
+    """A SynkObject subclass is declared wrongly."""
+
+
+class FieldError(SynkError, ValueError):
+    """A value does not fit a declared field of an object type."""
+
+
+class DocumentError(FieldError):
+    """A stored document cannot be turned into an object."""
+
+    def __init__(self, message: str, *, doc_id: object = None) -> None:
+        super().__init__(message)
+        self.doc_id = doc_id
+
+
+class WorldError(SynkError):
+    """An operation does not fit the world's current state."""
+
+
+class UnknownObjectError(WorldError, KeyError):
+    """No object with that id is in the world."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown object"
+
+
+class DuplicateIdError(WorldError):
+    """An object with that id is already in the world."""
+
+
+class StoreError(SynkError):
+    """Persistence failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached now; the write is kept and retried."""
+
+
+class ProtocolError(SynkError):
+    """A client message is refused; `code` is the protocol's error code."""
+
+    code: ClassVar[str] = "bad_message"
+
+    def __init__(self, message: str, *, call_id: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.call_id = call_id
+
+
+class BadJsonError(ProtocolError):
+    """The frame is not a JSON object."""
+
+    code = "bad_json"
+
+
+class BadMessageError(ProtocolError):
+    """A known message kind carries wrong or missing fields."""
+
+    code = "bad_message"
+
+
+class UnknownMessageError(ProtocolError):
+    """The message kind `m` is not one the server knows."""
+
+    code = "unknown_message"
+
+
+class TooManyKeysError(ProtocolError):
+    """The subscription would exceed the number of keys a client may hold."""
+
+    code = "too_many_keys"
+
+
+class RateLimitedError(ProtocolError):
+    """The client sends messages faster than its allowance."""
+
+    code = "rate_limited"
+
+
+class ForbiddenError(ProtocolError):
+    """The authorization hook refused some of the keys, or an action."""
+
+    code = "forbidden"
+
+
+class NoHandlerError(ProtocolError):
+    """No call handler is registered under that name."""
+
+    code = "no_handler"
+
+
+class BadArgsError(ProtocolError):
+    """A call's arguments do not fit its handler."""
+
+    code = "bad_args"
+
+
+class HandlerFailedError(ProtocolError):
+    """A call handler raised an exception."""
+
+    code = "handler_failed"
