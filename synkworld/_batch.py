@@ -1,0 +1,114 @@
+"""Batches: what happened under one key in one tick, encoded once.
+
+A `Batch` is a value of its own, (key, tick, bytes), so that whoever builds
+frames can take batches from the local tick or, later, from a bus that carries
+another process's batches byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+__all__ = ["Batch", "BatchBuilder"]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """The encoded changes of one key in one tick."""
+
+    key: str
+    tick: int
+    data: bytes
+
+
+@dataclass(slots=True)
+class _Parts:
+    add: list[dict[str, Any]] = field(default_factory=list)
+    mod: list[dict[str, Any]] = field(default_factory=list)
+    rem: list[dict[str, str]] = field(default_factory=list)
+
+
+class BatchBuilder:
+    """Collects one tick's outcomes per key, then encodes each key's batch once."""
+
+    __slots__ = ("_motion", "_parts", "tick")
+
+    def __init__(self, tick: int) -> None:
+        self.tick = tick
+        self._parts: dict[str, _Parts] = {}
+        # Plain motion is kept apart: most keys of a busy tick carry nothing else,
+        # and their batches are encoded without going through `_Parts`.
+        self._motion: dict[str, list[list[Any]]] = {}
+
+    def _at(self, key: str) -> _Parts:
+        p = self._parts.get(key)
+        if p is None:
+            p = self._parts[key] = _Parts()
+        return p
+
+    def add(
+        self,
+        key: str,
+        obj_id: str,
+        type_key: str,
+        version: int,
+        state: dict[str, Any],
+        moved_from: str | None = None,
+    ) -> None:
+        """Records an object that appears under `key`: created, or moved here from `moved_from`."""
+        entry: dict[str, Any] = {"id": obj_id, "t": type_key, "v": version, "s": state}
+        if moved_from is not None:
+            entry["from"] = moved_from
+        self._at(key).add.append(entry)
+
+    def mod(
+        self, key: str, obj_id: str, version: int, diff: dict[str, Any], moved_to: str | None = None
+    ) -> None:
+        """Records changed fields of an object under `key`, which it leaves for `moved_to`."""
+        entry: dict[str, Any] = {"id": obj_id, "v": version, "d": diff}
+        if moved_to is not None:
+            entry["to"] = moved_to
+        self._at(key).mod.append(entry)
+
+    def mv(self, key: str, ids: list[str], xs: list[float], ys: list[float]) -> None:
+        """Records the objects of `key` whose only change is their position inside it."""
+        self._motion[key] = [ids, xs, ys]
+
+    def mv_many(self, motion: dict[str, list[list[Any]]]) -> None:
+        """Records `mv` arrays of many keys at once (key -> [ids, xs, ys])."""
+        self._motion.update(motion)
+
+    def rem(self, key: str, obj_id: str) -> None:
+        """Records an object deleted from the world while under `key`."""
+        self._at(key).rem.append({"id": obj_id})
+
+    def keys(self) -> list[str]:
+        """The keys touched so far."""
+        return list(self._parts.keys() | self._motion.keys())
+
+    def encode(self) -> dict[str, Batch]:
+        """Encodes every touched key's batch, once each."""
+        tick = self.tick
+        out: dict[str, Batch] = {}
+        dumps = orjson.dumps
+        motion = self._motion
+        for key, p in self._parts.items():
+            msg: dict[str, Any] = {"k": key}
+            if p.add:
+                msg["add"] = p.add
+            if p.mod:
+                msg["mod"] = p.mod
+            mv = motion.get(key)
+            if mv is not None:
+                msg["mv"] = mv
+            if p.rem:
+                msg["rem"] = p.rem
+            out[key] = Batch(key, tick, dumps(msg))
+        parts = self._parts
+        for key, mv in motion.items():
+            if key not in parts:
+                out[key] = Batch(key, tick, dumps({"k": key, "mv": mv}))
+        return out

@@ -1,0 +1,515 @@
+"""The world: every object by id and by key, and the turn of one tick's changes into batches.
+
+Changes between ticks only record what changed. `World.commit` ends a tick: it
+finds what moved and which cells were crossed for all objects at once (numpy
+over the position columns), builds the per-object outcomes of PROTOCOL.md for
+the few objects that need them, bumps versions, and encodes one batch per
+touched key.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from synkworld._batch import Batch, BatchBuilder
+from synkworld._columns import Columns, position_limit
+from synkworld._errors import DuplicateIdError, FieldError, UnknownObjectError, WorldError
+from synkworld._grid import Grid, GridMap, is_grid_key
+from synkworld._objects import SynkObject, object_type
+
+__all__ = ["TickChanges", "World", "WorldStatistics"]
+
+_CHANNEL_KEY_MAX = 128
+
+
+@dataclass(frozen=True, slots=True)
+class TickChanges:
+    """What one tick changed: the encoded batches, and the ids a store must write."""
+
+    tick: int
+    batches: Mapping[str, Batch]
+    changed_ids: list[str]
+    deleted_ids: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WorldStatistics:
+    """A snapshot of the world's size."""
+
+    tick: int
+    objects: int
+    keys: int
+    pending_changes: int
+
+
+def _default_id_factory() -> Callable[[], str]:
+    prefix = os.urandom(3).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):x}"
+
+
+class World:
+    """Holds the objects of one or more maps and turns their changes into batches."""
+
+    def __init__(
+        self,
+        grid: Grid | GridMap | Iterable[GridMap],
+        *,
+        id_factory: Callable[[], str] | None = None,
+        initial_capacity: int = 1024,
+    ) -> None:
+        self.grid = grid if isinstance(grid, Grid) else Grid(grid)
+        self.tick = 0
+        self._new_id = id_factory or _default_id_factory()
+        self._objects: dict[str, SynkObject] = {}
+        self._by_key: dict[str, dict[str, SynkObject]] = {}
+        self._cols = Columns(initial_capacity)
+        # Changes since the last tick.
+        self._dirty: dict[SynkObject, set[str]] = {}
+        self._created: dict[str, SynkObject] = {}
+        self._deleted: dict[str, str] = {}  # id -> the key clients know it under
+        self._snapshots: dict[str, bytes] = {}
+
+    # -- reading ---------------------------------------------------------------
+
+    def get(self, obj_id: str) -> SynkObject | None:
+        """The object with that id, or None."""
+        return self._objects.get(obj_id)
+
+    def __getitem__(self, obj_id: str) -> SynkObject:
+        try:
+            return self._objects[obj_id]
+        except KeyError:
+            raise UnknownObjectError(f"no object {obj_id!r} in the world") from None
+
+    def __contains__(self, obj_id: object) -> bool:
+        return obj_id in self._objects
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __iter__(self) -> Iterator[SynkObject]:
+        return iter(list(self._objects.values()))
+
+    def objects_under(self, key: str) -> list[SynkObject]:
+        """The objects under a key as of the last tick (what its subscribers hold)."""
+        return list(self._by_key.get(key, {}).values())
+
+    def keys(self) -> list[str]:
+        """Every key that holds at least one object as of the last tick."""
+        return list(self._by_key)
+
+    def statistics(self) -> WorldStatistics:
+        """Sizes of the world now."""
+        pending = len(self._dirty) + len(self._created) + len(self._deleted)
+        return WorldStatistics(self.tick, len(self._objects), len(self._by_key), pending)
+
+    # -- changing ----------------------------------------------------------------
+
+    def create(self, obj: SynkObject, *, map: str | None = None, key: str | None = None) -> Any:
+        """Puts a new object in the world; returns it.
+
+        A positioned object goes on `map` (the first map by default); a channel
+        object needs its `key`. It reaches clients at the next tick.
+        """
+        if obj._world is not None:
+            raise WorldError(f"object {obj.id!r} is already in a world")
+        cls = type(obj)
+        pos = cls.synk_position
+        gmap: GridMap | None = None
+        if pos is not None:
+            if key is not None:
+                raise WorldError(f"{cls.synk_type} objects are positioned; their key is their cell")
+            gmap = self.grid.map(map) if map is not None else self.grid.default_map
+            if gmap.pos_fields != pos:
+                raise WorldError(
+                    f"map {gmap.name!r} places objects by {gmap.pos_fields}, "
+                    f"but {cls.synk_type} declares position {pos}"
+                )
+        else:
+            if key is None:
+                raise WorldError(f"{cls.synk_type} objects have no position; give a channel key")
+            _check_channel_key(key)
+        if not obj.id:
+            obj.id = self._new_id()
+        oid = obj.id
+        if oid in self._objects:
+            raise DuplicateIdError(f"an object {oid!r} is already in the world")
+        if oid in self._deleted:
+            raise DuplicateIdError(f"object {oid!r} was deleted in this tick; reuse its id later")
+
+        cols = self._cols
+        slot = cols.alloc(oid)
+        if gmap is not None and pos is not None:
+            x = obj._values.pop(pos[0])
+            y = obj._values.pop(pos[1])
+            limit = position_limit(gmap.cell_size, gmap.origin)
+            if abs(x) > limit or abs(y) > limit:
+                obj._values[pos[0]], obj._values[pos[1]] = x, y
+                cols.free(slot)
+                raise FieldError(
+                    f"position ({x}, {y}) is outside the range map {gmap.name!r} indexes"
+                )
+            cols.pos[0][slot] = x
+            cols.pos[1][slot] = y
+            cols.map_index[slot] = gmap.index
+            cols.scale[slot] = 10.0**gmap.precision
+            cols.limit[slot] = limit
+            obj._map = gmap
+        else:
+            obj._channel = key
+        cols.ver[slot] = max(obj._ver, 0)
+        obj._slot = slot
+        obj._cols = cols
+        obj._world = self
+        self._objects[oid] = obj
+        self._created[oid] = obj
+        return obj
+
+    def delete(self, obj: SynkObject | str) -> None:
+        """Removes an object from the world; its subscribers see it go at the next tick."""
+        target = self._objects.get(obj) if isinstance(obj, str) else obj
+        if target is None or target._world is not self:
+            raise UnknownObjectError(
+                f"no object {obj if isinstance(obj, str) else obj.id!r} in the world"
+            )
+        oid = target.id
+        if self._created.pop(oid, None) is None:
+            self._deleted[oid] = self._published_key(target)
+            members = self._by_key.get(self._deleted[oid])
+            if members is not None:
+                members.pop(oid, None)
+                if not members:
+                    del self._by_key[self._deleted[oid]]
+        self._dirty.pop(target, None)
+        del self._objects[oid]
+        self._detach(target)
+
+    def move(self, obj: SynkObject, x: float, y: float) -> None:
+        """Sets both position fields of a positioned object."""
+        pos = type(obj).synk_position
+        if pos is None:
+            raise WorldError(f"{obj.synk_type} objects have no position")
+        setattr(obj, pos[0], x)
+        setattr(obj, pos[1], y)
+
+    # -- bulk motion -------------------------------------------------------------------
+
+    def slots(self, objs: Iterable[SynkObject]) -> npt.NDArray[np.int64]:
+        """The column slots of positioned objects, for `positions` and `set_positions`.
+
+        A slot stays the same for as long as its object is in the world.
+        """
+        out = []
+        for o in objs:
+            if o._world is not self or o._map is None:
+                raise WorldError(f"object {o.id!r} is not a positioned object of this world")
+            out.append(o._slot)
+        return np.asarray(out, dtype=np.int64)
+
+    def positions(
+        self, slots: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The current positions of the objects in `slots` (copies)."""
+        cols = self._cols
+        return cols.pos[0][slots], cols.pos[1][slots]
+
+    def set_positions(
+        self,
+        slots: npt.NDArray[np.int64],
+        xs: npt.NDArray[np.float64],
+        ys: npt.NDArray[np.float64],
+    ) -> None:
+        """Moves many objects at once; what moved is found at the tick, vectorised."""
+        cols = self._cols
+        xs = np.asarray(xs, dtype=np.float64)
+        ys = np.asarray(ys, dtype=np.float64)
+        if xs.shape != slots.shape or ys.shape != slots.shape:
+            raise ValueError("slots, xs and ys must have the same shape")
+        lim = cols.limit[slots]
+        ok = np.isfinite(xs) & np.isfinite(ys) & (np.abs(xs) <= lim) & (np.abs(ys) <= lim)
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise FieldError(
+                f"position ({xs[bad]}, {ys[bad]}) of object {cols.ids[slots[bad]]!r} "
+                "is not finite or outside the range its map indexes"
+            )
+        cols.pos[0][slots] = xs
+        cols.pos[1][slots] = ys
+
+    # -- the tick ------------------------------------------------------------------------
+
+    def commit(self) -> TickChanges:
+        """Ends a tick: turns every change since the last one into encoded batches."""
+        tick = self.tick + 1
+        cols = self._cols
+        grid = self.grid
+        key_for_code = grid.key_for_code
+        out = BatchBuilder(tick)
+        changed_ids: list[str] = []
+
+        # 1. Motion of every published positioned object, found by array comparison.
+        top = cols.top
+        xs, ys = cols.pos[0][:top], cols.pos[1][:top]
+        moved_mask = cols.tracked[:top] & ((xs != cols.prev[0][:top]) | (ys != cols.prev[1][:top]))
+        moved = np.flatnonzero(moved_mask)
+        new_codes = grid.codes_of(cols.map_index[moved], xs[moved], ys[moved])
+        crossed = new_codes != cols.code[moved]
+        plain_mask = ~crossed
+        dirty = self._dirty
+        if dirty:
+            special = np.zeros(top, dtype=bool)
+            special[[o._slot for o in dirty]] = True
+            plain_mask &= ~special[moved]
+        plain = moved[plain_mask]
+        plain_codes = new_codes[plain_mask]
+        # Objects that crossed a cell and have no other change also go the per-object way.
+        crossers: dict[int, int] = dict(
+            zip(moved[crossed].tolist(), new_codes[crossed].tolist(), strict=True)
+        )
+
+        # 2. Deletions: a `rem` under the key clients know the object by.
+        for oid, key in self._deleted.items():
+            out.rem(key, oid)
+        deleted_ids = list(self._deleted)
+
+        # 3. Creations: an `add` with the full state, version 1.
+        for oid, obj in self._created.items():
+            cols.ver[obj._slot] = 1 if obj._ver <= 0 else obj._ver
+            key = self._publish(obj)
+            out.add(key, oid, obj.synk_type, int(cols.ver[obj._slot]), obj.wire_state())
+            changed_ids.append(oid)
+
+        # 4. Objects with changed fields, and objects that crossed into another cell.
+        per_object: list[tuple[SynkObject, set[str]]] = [
+            (o, names) for o, names in dirty.items() if o.id not in self._created
+        ]
+        for slot in list(crossers):
+            oid = cols.ids[slot]
+            obj = self._objects[oid]
+            if obj not in dirty:
+                per_object.append((obj, set()))
+        for obj, names in per_object:
+            slot = obj._slot
+            diff = {n: obj._values[n] for n in names}
+            old_key = self._published_key(obj)
+            new_key = old_key
+            gmap = obj._map
+            if gmap is not None and slot < top and moved_mask[slot]:
+                px, py = type(obj).synk_position or ("x", "y")
+                x, y = float(xs[slot]), float(ys[slot])
+                diff[px] = gmap.round_pos(x)
+                diff[py] = gmap.round_pos(y)
+                code = crossers.get(slot)
+                if code is None:
+                    code = grid.code_of(gmap, x, y)
+                if code != cols.code[slot]:
+                    new_key = key_for_code(code)
+                    cols.code[slot] = code
+                cols.prev[0][slot] = x
+                cols.prev[1][slot] = y
+            ver = int(cols.ver[slot]) + 1
+            cols.ver[slot] = ver
+            if new_key == old_key:
+                out.mod(old_key, obj.id, ver, diff)
+            else:
+                self._rekey(obj, old_key, new_key)
+                out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
+                out.add(new_key, obj.id, obj.synk_type, ver, obj.wire_state(), moved_from=old_key)
+            changed_ids.append(obj.id)
+
+        # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
+        if len(plain):
+            self._plain_motion(out, plain, plain_codes)
+            changed_ids.extend(cols.ids[plain].tolist())
+
+        self._dirty = {}
+        self._created = {}
+        self._deleted = {}
+        batches = out.encode()
+        snapshots = self._snapshots
+        for key in batches:
+            snapshots.pop(key, None)
+        self.tick = tick
+        return TickChanges(tick, batches, changed_ids, deleted_ids)
+
+    def _plain_motion(
+        self,
+        out: BatchBuilder,
+        slots: npt.NDArray[np.int64],
+        codes: npt.NDArray[np.int64],
+    ) -> None:
+        cols = self._cols
+        cols.ver[slots] += 1
+        order = np.argsort(codes, kind="stable")
+        slots = slots[order]
+        codes = codes[order]
+        xs = cols.pos[0][slots]
+        ys = cols.pos[1][slots]
+        cols.prev[0][slots] = xs
+        cols.prev[1][slots] = ys
+        scale = cols.scale[slots]
+        # np.rint(v * s) / s is what `GridMap.round_pos` computes for one value.
+        xr = (np.rint(xs * scale) / scale).tolist()
+        yr = (np.rint(ys * scale) / scale).tolist()
+        ids = cols.ids[slots].tolist()
+        starts = (np.flatnonzero(np.diff(codes)) + 1).tolist()
+        key_for_code = self.grid.key_for_code
+        group_codes = codes[[0, *starts]].tolist()
+        ends = [*starts, len(ids)]
+        begins = [0, *starts]
+        out.mv_many(
+            {
+                key_for_code(c): [ids[a:b], xr[a:b], yr[a:b]]
+                for c, a, b in zip(group_codes, begins, ends, strict=True)
+            }
+        )
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def snapshot(self, key: str) -> bytes:
+        """The encoded snapshot of a key as of the last tick; encoded once until the key changes."""
+        data = self._snapshots.get(key)
+        if data is None:
+            objs = [
+                {"id": o.id, "t": o.synk_type, "v": o.version, "s": o.wire_state()}
+                for o in self._by_key.get(key, {}).values()
+            ]
+            data = orjson.dumps({"k": key, "objs": objs})
+            self._snapshots[key] = data
+        return data
+
+    # -- documents -----------------------------------------------------------------------
+
+    def document(self, obj: SynkObject) -> dict[str, Any]:
+        """The object as a stored document: ``{_id, t, key, v, ...state}``."""
+        doc: dict[str, Any] = {"_id": obj.id, "t": obj.synk_type, "key": obj.key, "v": obj.version}
+        doc.update(obj.state())
+        return doc
+
+    def documents(self, ids: Collection[str]) -> dict[str, dict[str, Any] | None]:
+        """The current document of each id, None for ids no longer in the world."""
+        get = self._objects.get
+        out: dict[str, dict[str, Any] | None] = {}
+        for oid in ids:
+            obj = get(oid)
+            out[oid] = None if obj is None else self.document(obj)
+        return out
+
+    def load(self, doc: Mapping[str, Any], *, announce: bool = False) -> SynkObject:
+        """Puts an object back from its stored document, with its version and key.
+
+        A loaded object is already durable and, at start-up, seen by nobody, so
+        by default it is published at once: no batch, no write. With `announce`
+        it reaches subscribers at the next tick like a created object.
+        """
+        from synkworld._errors import DocumentError
+
+        oid = doc.get("_id")
+        if not isinstance(oid, str) or not oid:
+            raise DocumentError(f"document {oid!r}: _id must be a non-empty str", doc_id=oid)
+        type_key = doc.get("t")
+        try:
+            cls = object_type(type_key) if isinstance(type_key, str) else None
+        except KeyError:
+            cls = None
+        if cls is None:
+            raise DocumentError(f"document {oid!r}: unknown type {type_key!r}", doc_id=oid)
+        version = doc.get("v", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DocumentError(f"document {oid!r}: v must be a positive int", doc_id=oid)
+        key = doc.get("key")
+        state = {k: v for k, v in doc.items() if k not in ("_id", "t", "key", "v", "owner")}
+        obj = cls.from_state(oid, state, version=version)
+        map_name: str | None = None
+        channel: str | None = None
+        if cls.synk_position is None:
+            if not isinstance(key, str):
+                raise DocumentError(f"document {oid!r}: a channel object needs its key", doc_id=oid)
+            channel = key
+        elif isinstance(key, str):
+            parsed = self.grid.parse_key(key)
+            map_name = parsed[0].name if parsed else None
+        self.create(obj, map=map_name, key=channel)
+        if not announce:
+            del self._created[oid]
+            self._publish(obj)
+        return obj
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _field_changed(self, obj: SynkObject, name: str) -> None:
+        names = self._dirty.get(obj)
+        if names is None:
+            self._dirty[obj] = {name}
+        else:
+            names.add(name)
+
+    def _changed_fields(self, obj: SynkObject) -> list[str]:
+        names = set(self._dirty.get(obj, ()))
+        pos = type(obj).synk_position
+        cols = self._cols
+        slot = obj._slot
+        if (
+            pos is not None
+            and cols.tracked[slot]
+            and (cols.pos[0][slot] != cols.prev[0][slot] or cols.pos[1][slot] != cols.prev[1][slot])
+        ):
+            names.update(pos)
+        return sorted(names)
+
+    def _published_key(self, obj: SynkObject) -> str:
+        if obj._channel is not None:
+            return obj._channel
+        return self.grid.key_for_code(int(self._cols.code[obj._slot]))
+
+    def _publish(self, obj: SynkObject) -> str:
+        cols = self._cols
+        slot = obj._slot
+        gmap = obj._map
+        if gmap is not None:
+            x, y = float(cols.pos[0][slot]), float(cols.pos[1][slot])
+            cols.code[slot] = self.grid.code_of(gmap, x, y)
+            cols.prev[0][slot] = x
+            cols.prev[1][slot] = y
+            cols.tracked[slot] = True
+        key = self._published_key(obj)
+        self._by_key.setdefault(key, {})[obj.id] = obj
+        return key
+
+    def _rekey(self, obj: SynkObject, old_key: str, new_key: str) -> None:
+        members = self._by_key.get(old_key)
+        if members is not None:
+            members.pop(obj.id, None)
+            if not members:
+                del self._by_key[old_key]
+        self._by_key.setdefault(new_key, {})[obj.id] = obj
+
+    def _detach(self, obj: SynkObject) -> None:
+        cols = self._cols
+        pos = type(obj).synk_position
+        if pos is not None and obj._cols is not None:
+            obj._values[pos[0]] = float(cols.pos[0][obj._slot])
+            obj._values[pos[1]] = float(cols.pos[1][obj._slot])
+        obj._ver = int(cols.ver[obj._slot])
+        cols.free(obj._slot)
+        obj._cols = None
+        obj._slot = -1
+        obj._world = None
+        obj._map = None
+        obj._channel = None
+
+
+def _check_channel_key(key: str) -> None:
+    if not isinstance(key, str) or not key or len(key) > _CHANNEL_KEY_MAX:
+        raise WorldError(f"a channel key must be a str of 1-{_CHANNEL_KEY_MAX} characters")
+    if is_grid_key(key):
+        raise WorldError(f"channel key {key!r} looks like a grid key")
