@@ -1,0 +1,211 @@
+"""One connected client, without the network: its subscription and its outgoing queue.
+
+A session keeps two key sets. `held` is what the client holds as of the last
+frame it was sent; `wanted` is what it asked for since. The tick moves `held`
+to `wanted` after the tick's batches (PROTOCOL.md's order of application) and
+says which keys were added and removed. The outgoing queue is bounded in frames
+and bytes; a frame that does not fit is dropped and the session is marked
+lagging, to be resynced once the queue has drained.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from synkworld._errors import BadMessageError, ConfigError, TooManyKeysError
+from synkworld._grid import Grid, is_grid_key
+
+__all__ = ["Session", "SessionStatistics"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStatistics:
+    """A snapshot of one session's state."""
+
+    sid: str
+    held_keys: int
+    queued_frames: int
+    queued_bytes: int
+    frames_sent: int
+    bytes_sent: int
+    frames_dropped: int
+    resyncs: int
+    lagging: bool
+
+
+class Session:
+    """A subscriber: its keys, its pending subscription change and its bounded queue."""
+
+    def __init__(
+        self,
+        sid: str,
+        grid: Grid,
+        *,
+        identity: Any = None,
+        max_keys: int = 256,
+        max_margin: int = 3,
+        send_queue_max_frames: int = 64,
+        send_queue_max_bytes: int = 4 * 1024 * 1024,
+        on_queued: Callable[[], None] | None = None,
+    ) -> None:
+        if max_keys < 1 or max_margin < 0:
+            raise ConfigError("max_keys must be >= 1 and max_margin >= 0")
+        if send_queue_max_frames < 1 or send_queue_max_bytes < 1:
+            raise ConfigError("the send queue bounds must be positive")
+        self.sid = sid
+        self.grid = grid
+        self.identity = identity
+        self.max_keys = max_keys
+        self.max_margin = max_margin
+        self.send_queue_max_frames = send_queue_max_frames
+        self.send_queue_max_bytes = send_queue_max_bytes
+        self.on_queued = on_queued
+        self.held: set[str] = set()
+        self.wanted: set[str] = set()
+        self.lagging_since: float | None = None
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self.frames_sent = 0
+        self.bytes_sent = 0
+        self.frames_dropped = 0
+        self.resyncs = 0
+        self.closed = False
+
+    # -- subscription ------------------------------------------------------------
+
+    def view(self, map_name: str, rect: tuple[float, float, float, float], margin: int = 1) -> None:
+        """Replaces the wanted grid keys by the cells that `rect` grown by `margin` covers."""
+        gmap = self.grid.maps.get(map_name)
+        if gmap is None:
+            raise BadMessageError(f"view: unknown map {map_name!r}")
+        keys = gmap.keys_in_rect(rect, min(margin, self.max_margin))
+        wanted = {k for k in self.wanted if not is_grid_key(k)}
+        wanted.update(keys)
+        self._set_wanted(wanted)
+
+    def view_keys(
+        self, map_name: str, rect: tuple[float, float, float, float], margin: int = 1
+    ) -> list[str]:
+        """The grid keys a `view` would want, without changing anything."""
+        gmap = self.grid.maps.get(map_name)
+        if gmap is None:
+            raise BadMessageError(f"view: unknown map {map_name!r}")
+        return gmap.keys_in_rect(rect, min(margin, self.max_margin))
+
+    def sub(self, add: Iterable[str] = (), rem: Iterable[str] = ()) -> None:
+        """Adds and removes wanted keys explicitly."""
+        add_set, rem_set = set(add), set(rem)
+        both = add_set & rem_set
+        if both:
+            raise BadMessageError(f"sub: key {sorted(both)[0]!r} is both added and removed")
+        for k in add_set:
+            if is_grid_key(k) and self.grid.parse_key(k) is None:
+                raise BadMessageError(f"sub: {k!r} is a grid key of no map of this world")
+        self._set_wanted((self.wanted | add_set) - rem_set)
+
+    def replace_wanted(self, keys: Iterable[str]) -> None:
+        """Sets the wanted keys outright (a view and explicit keys resolved together)."""
+        self._set_wanted(set(keys))
+
+    def _set_wanted(self, wanted: set[str]) -> None:
+        if len(wanted) > self.max_keys:
+            raise TooManyKeysError(
+                f"the subscription would hold {len(wanted)} keys; the limit is {self.max_keys}"
+            )
+        self.wanted = wanted
+
+    def take_subscription_change(self) -> tuple[list[str], list[str]]:
+        """Makes the wanted keys held; returns (added, removed), sorted."""
+        wanted, held = self.wanted, self.held
+        if wanted == held:
+            return [], []
+        added = sorted(wanted - held)
+        removed = sorted(held - wanted)
+        self.held = set(wanted)
+        return added, removed
+
+    # -- outgoing queue ----------------------------------------------------------------
+
+    @property
+    def lagging(self) -> bool:
+        """Tells whether frames were dropped and a resync is owed."""
+        return self.lagging_since is not None
+
+    @property
+    def queued_frames(self) -> int:
+        """Frames waiting to be written."""
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting to be written."""
+        return self._queued_bytes
+
+    def offer(self, frame: bytes, now: float) -> bool:
+        """Queues a frame if it fits; else drops it, marks the session lagging, returns False."""
+        if self.closed:
+            return False
+        if (
+            len(self._queue) >= self.send_queue_max_frames
+            or self._queued_bytes + len(frame) > self.send_queue_max_bytes
+        ):
+            self.frames_dropped += 1
+            if self.lagging_since is None:
+                self.lagging_since = now
+            return False
+        self._push(frame)
+        return True
+
+    def push_control(self, frame: bytes) -> None:
+        """Queues a small control frame (hello, reply, error, pong) past the bounds.
+
+        Control frames answer the client's own messages, which the rate limit
+        already bounds, and dropping one would leave a call unanswered.
+        """
+        if not self.closed:
+            self._push(frame)
+
+    def push_resync(self, frame: bytes) -> None:
+        """Queues the resync frame that ends a lagging period."""
+        self.lagging_since = None
+        self.resyncs += 1
+        self._push(frame)
+
+    def _push(self, frame: bytes) -> None:
+        self._queue.append(frame)
+        self._queued_bytes += len(frame)
+        if self.on_queued is not None:
+            self.on_queued()
+
+    def pop(self) -> bytes | None:
+        """Takes the next frame to write, or None."""
+        if not self._queue:
+            return None
+        frame = self._queue.popleft()
+        self._queued_bytes -= len(frame)
+        self.frames_sent += 1
+        self.bytes_sent += len(frame)
+        return frame
+
+    def clear(self) -> None:
+        """Drops every queued frame (the connection is gone)."""
+        self._queue.clear()
+        self._queued_bytes = 0
+        self.closed = True
+
+    def statistics(self) -> SessionStatistics:
+        """Counters and sizes of this session now."""
+        return SessionStatistics(
+            self.sid,
+            len(self.held),
+            len(self._queue),
+            self._queued_bytes,
+            self.frames_sent,
+            self.bytes_sent,
+            self.frames_dropped,
+            self.resyncs,
+            self.lagging,
+        )

@@ -1,0 +1,266 @@
+"""The tick loop: simulation steps, then the world's batches, then each session's frame.
+
+`TickLoop.step` runs one tick synchronously, so tests drive the loop tick by
+tick; `TickLoop.run` calls it on a fixed schedule with an injectable clock.
+Frames are built by `deliver_frames` from a mapping of ready batches, whoever
+made them: the local world now, a bus carrying other processes' batches later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from synkworld._batch import Batch
+from synkworld._errors import ConfigError
+from synkworld._protocol import encode_resync, encode_tick
+from synkworld._sessions import Session
+from synkworld._world import TickChanges, World
+
+__all__ = ["DeliveryReport", "SnapshotSource", "TickLoop", "TickStatistics", "deliver_frames"]
+
+log = logging.getLogger("synkworld.tick")
+
+
+class SnapshotSource(Protocol):
+    """Whatever serves the encoded snapshot of a key (the world, or a remote owner)."""
+
+    def snapshot(self, key: str) -> bytes:
+        """The encoded snapshot ``{"k": key, "objs": [...]}`` as of the last tick."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What one round of frame building did."""
+
+    frames: int
+    bytes: int
+    dropped: int
+    resyncs: int
+    expired: tuple[Session, ...]
+
+
+def deliver_frames(
+    tick: int,
+    batches: Mapping[str, Batch],
+    sessions: Iterable[Session],
+    snapshots: SnapshotSource,
+    *,
+    now: float,
+    lag_timeout_s: float,
+) -> DeliveryReport:
+    """Builds and queues every session's frame for one tick from ready batch bytes.
+
+    A lagging session gets nothing until its queue has drained, then one
+    ``resync``; one lagging for longer than `lag_timeout_s` is reported as
+    expired for the transport to close.
+    """
+    frames = nbytes = dropped = resyncs = 0
+    expired: list[Session] = []
+    snapshot = snapshots.snapshot
+    ready = {k: b.data for k, b in batches.items()}
+    get = ready.get
+    for s in sessions:
+        if s.closed:
+            continue
+        if s.lagging_since is not None:
+            if s.queued_frames == 0:
+                s.take_subscription_change()
+                frame = encode_resync(tick, [snapshot(k) for k in sorted(s.held)])
+                s.push_resync(frame)
+                resyncs += 1
+                frames += 1
+                nbytes += len(frame)
+            else:
+                # Skipped ticks count as dropped frames: the client misses them all.
+                s.frames_dropped += 1
+                dropped += 1
+                if now - s.lagging_since > lag_timeout_s:
+                    expired.append(s)
+            continue
+        parts = [d for d in map(get, s.held) if d is not None]
+        added, removed = s.take_subscription_change()
+        frame_or_none = encode_tick(tick, parts, added, removed, [snapshot(k) for k in added])
+        if frame_or_none is None:
+            continue
+        if s.offer(frame_or_none, now):
+            frames += 1
+            nbytes += len(frame_or_none)
+        else:
+            dropped += 1
+    return DeliveryReport(frames, nbytes, dropped, resyncs, tuple(expired))
+
+
+@dataclass(frozen=True, slots=True)
+class TickStatistics:
+    """Counters of the tick loop since it started."""
+
+    tick: int
+    tick_rate_hz: float
+    sessions: int
+    last_tick_duration_s: float
+    ticks_behind: int
+    frames_queued: int
+    bytes_queued: int
+    frames_dropped: int
+    resyncs: int
+    simulation_errors: int
+
+
+Simulation = Callable[[float], None]
+
+
+class TickLoop:
+    """Runs a world's ticks and hands each session its frame."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        tick_rate_hz: float = 20.0,
+        lag_timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        if not tick_rate_hz > 0:
+            raise ConfigError("tick_rate_hz must be positive")
+        if not lag_timeout_s > 0:
+            raise ConfigError("lag_timeout_s must be positive")
+        self.world = world
+        self.tick_rate_hz = float(tick_rate_hz)
+        self.lag_timeout_s = float(lag_timeout_s)
+        self.clock = clock
+        self._sleep = sleep
+        self._sessions: dict[str, Session] = {}
+        self._simulations: list[Simulation] = []
+        self._change_listeners: list[Callable[[TickChanges], None]] = []
+        self._tick_listeners: list[Callable[[float], None]] = []
+        self._expired_listeners: list[Callable[[Session], None]] = []
+        self._stopping = False
+        self._last_step_at: float | None = None
+        self._last_duration = 0.0
+        self._behind = 0
+        self._frames = 0
+        self._bytes = 0
+        self._dropped = 0
+        self._resyncs = 0
+        self._sim_errors = 0
+
+    # -- wiring ----------------------------------------------------------------------
+
+    @property
+    def period_s(self) -> float:
+        """Seconds between two ticks."""
+        return 1.0 / self.tick_rate_hz
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """The sessions that receive frames, by id."""
+        return self._sessions
+
+    def attach(self, session: Session) -> None:
+        """Starts sending frames to a session from the next tick on."""
+        self._sessions[session.sid] = session
+
+    def detach(self, session: Session) -> None:
+        """Stops sending frames to a session."""
+        self._sessions.pop(session.sid, None)
+
+    def add_simulation(self, step: Simulation) -> None:
+        """Runs `step(dt_seconds)` at the start of every tick, before changes are committed."""
+        self._simulations.append(step)
+
+    def on_changes(self, listener: Callable[[TickChanges], None]) -> None:
+        """Calls `listener` with every tick's changes (the store's write-behind, a bus)."""
+        self._change_listeners.append(listener)
+
+    def on_tick_done(self, listener: Callable[[float], None]) -> None:
+        """Calls `listener(duration_s)` after every tick (metrics)."""
+        self._tick_listeners.append(listener)
+
+    def on_expired(self, listener: Callable[[Session], None]) -> None:
+        """Calls `listener` for a session that stayed lagging past the time limit."""
+        self._expired_listeners.append(listener)
+
+    # -- one tick -----------------------------------------------------------------------
+
+    def step(self) -> TickChanges:
+        """Runs one tick: simulations, commit, frames, listeners."""
+        started = self.clock()
+        dt = self.period_s if self._last_step_at is None else started - self._last_step_at
+        self._last_step_at = started
+        for sim in self._simulations:
+            try:
+                sim(dt)
+            except Exception:
+                # A failing simulation must not stop the world's clock for everyone.
+                self._sim_errors += 1
+                log.exception("simulation step %r failed", sim)
+        changes = self.world.commit()
+        report = deliver_frames(
+            changes.tick,
+            changes.batches,
+            self._sessions.values(),
+            self.world,
+            now=started,
+            lag_timeout_s=self.lag_timeout_s,
+        )
+        self._frames += report.frames
+        self._bytes += report.bytes
+        self._dropped += report.dropped
+        self._resyncs += report.resyncs
+        for listener in self._change_listeners:
+            listener(changes)
+        for s in report.expired:
+            for on_expired in self._expired_listeners:
+                on_expired(s)
+        self._last_duration = self.clock() - started
+        for tick_listener in self._tick_listeners:
+            tick_listener(self._last_duration)
+        return changes
+
+    # -- the schedule ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Steps at `tick_rate_hz` until `stop` is called.
+
+        The schedule is fixed: a tick that overruns is counted in
+        `ticks_behind`, and the next one starts at once, without trying to
+        catch up the missed ticks (which would pile up work).
+        """
+        period = self.period_s
+        next_at = self.clock()
+        self._stopping = False
+        while not self._stopping:
+            self.step()
+            next_at += period
+            now = self.clock()
+            if now > next_at:
+                # Overran: re-anchor the schedule on now instead of bursting to catch up.
+                self._behind += 1
+                next_at = now
+            await self._sleep(max(0.0, next_at - now))
+
+    def stop(self) -> None:
+        """Asks `run` to return after the tick in progress."""
+        self._stopping = True
+
+    def statistics(self) -> TickStatistics:
+        """Counters of the loop now."""
+        return TickStatistics(
+            self.world.tick,
+            self.tick_rate_hz,
+            len(self._sessions),
+            self._last_duration,
+            self._behind,
+            self._frames,
+            self._bytes,
+            self._dropped,
+            self._resyncs,
+            self._sim_errors,
+        )
