@@ -1,0 +1,22 @@
+"""The public surface: one sorted __all__ of names that exist, and private modules behind it."""
+
+from __future__ import annotations
+
+import synkworld
+
+
+def test_all_is_sorted_and_complete() -> None:
+    names = synkworld.__all__
+    assert names == sorted(names, key=lambda n: (not n.isupper(), n))
+    for name in names:
+        assert hasattr(synkworld, name), name
+    public = {n for n in dir(synkworld) if not n.startswith("_")}
+    modules = {n for n in public if type(getattr(synkworld, n)).__name__ == "module"}
+    assert public - modules == set(names)
+
+
+def test_exported_members_say_they_belong_to_synkworld() -> None:
+    for name in synkworld.__all__:
+        member = getattr(synkworld, name)
+        module = getattr(member, "__module__", "synkworld")
+        assert module.startswith("synkworld"), (name, module)

@@ -1,0 +1,31 @@
+"""The core never imports the transport, the database drivers or redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+CORE = [
+    "synkworld._grid",
+    "synkworld._objects",
+    "synkworld._columns",
+    "synkworld._world",
+    "synkworld._batch",
+    "synkworld._tick",
+    "synkworld._sessions",
+    "synkworld._protocol",
+    "synkworld._errors",
+]
+FORBIDDEN = ["aiohttp", "pymongo", "motor", "redis", "sqlite3"]
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_imports_no_io_library(module: str) -> None:
+    code = (
+        f"import sys, importlib; importlib.import_module({module!r}); "
+        f"print(','.join(sorted(m for m in {FORBIDDEN!r} if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
