@@ -5,6 +5,9 @@ cells their viewport covers; every tick, what changed in each cell is encoded
 once and sent to every client holding that cell.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from synkworld._batch import Batch
 from synkworld._errors import (
     BadArgsError,
@@ -29,13 +32,39 @@ from synkworld._errors import (
     WorldError,
 )
 from synkworld._grid import Grid, GridMap, is_grid_key
+from synkworld._handlers import Call
 from synkworld._objects import FieldSpec, SynkObject, object_type, registered_types
 from synkworld._protocol import PROTOCOL_VERSION
 from synkworld._sessions import Session, SessionStatistics
 from synkworld._tick import DeliveryReport, SnapshotSource, TickLoop, TickStatistics, deliver_frames
 from synkworld._world import TickChanges, World, WorldStatistics
 
+if TYPE_CHECKING:
+    from synkworld._server import Limits, Server, request_token
+
 __version__ = "0.1.0"
+
+# The transport is loaded on first use, so that the core (`synkworld._grid`, …)
+# can be imported without aiohttp: tests/test_layering.py checks that.
+_LAZY = {
+    "Limits": "synkworld._server",
+    "Server": "synkworld._server",
+    "request_token": "synkworld._server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'synkworld' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -43,6 +72,7 @@ __all__ = [
     "BadJsonError",
     "BadMessageError",
     "Batch",
+    "Call",
     "ConfigError",
     "DeclarationError",
     "DeliveryReport",
@@ -54,9 +84,11 @@ __all__ = [
     "Grid",
     "GridMap",
     "HandlerFailedError",
+    "Limits",
     "NoHandlerError",
     "ProtocolError",
     "RateLimitedError",
+    "Server",
     "Session",
     "SessionStatistics",
     "SnapshotSource",
@@ -77,4 +109,5 @@ __all__ = [
     "is_grid_key",
     "object_type",
     "registered_types",
+    "request_token",
 ]

@@ -78,25 +78,25 @@ class Session:
 
     def view(self, map_name: str, rect: tuple[float, float, float, float], margin: int = 1) -> None:
         """Replaces the wanted grid keys by the cells that `rect` grown by `margin` covers."""
-        gmap = self.grid.maps.get(map_name)
-        if gmap is None:
-            raise BadMessageError(f"view: unknown map {map_name!r}")
-        keys = gmap.keys_in_rect(rect, min(margin, self.max_margin))
-        wanted = {k for k in self.wanted if not is_grid_key(k)}
-        wanted.update(keys)
-        self._set_wanted(wanted)
-
-    def view_keys(
-        self, map_name: str, rect: tuple[float, float, float, float], margin: int = 1
-    ) -> list[str]:
-        """The grid keys a `view` would want, without changing anything."""
-        gmap = self.grid.maps.get(map_name)
-        if gmap is None:
-            raise BadMessageError(f"view: unknown map {map_name!r}")
-        return gmap.keys_in_rect(rect, min(margin, self.max_margin))
+        self.wanted = self.plan_view(map_name, rect, margin)
 
     def sub(self, add: Iterable[str] = (), rem: Iterable[str] = ()) -> None:
         """Adds and removes wanted keys explicitly."""
+        self.wanted = self.plan_sub(add, rem)
+
+    def plan_view(
+        self, map_name: str, rect: tuple[float, float, float, float], margin: int = 1
+    ) -> set[str]:
+        """The wanted keys a `view` would leave, checked, without changing anything."""
+        gmap = self.grid.maps.get(map_name)
+        if gmap is None:
+            raise BadMessageError(f"view: unknown map {map_name!r}")
+        wanted = {k for k in self.wanted if not is_grid_key(k)}
+        wanted.update(gmap.keys_in_rect(rect, min(margin, self.max_margin)))
+        return self._checked(wanted)
+
+    def plan_sub(self, add: Iterable[str] = (), rem: Iterable[str] = ()) -> set[str]:
+        """The wanted keys a `sub` would leave, checked, without changing anything."""
         add_set, rem_set = set(add), set(rem)
         both = add_set & rem_set
         if both:
@@ -104,18 +104,18 @@ class Session:
         for k in add_set:
             if is_grid_key(k) and self.grid.parse_key(k) is None:
                 raise BadMessageError(f"sub: {k!r} is a grid key of no map of this world")
-        self._set_wanted((self.wanted | add_set) - rem_set)
+        return self._checked((self.wanted | add_set) - rem_set)
 
     def replace_wanted(self, keys: Iterable[str]) -> None:
-        """Sets the wanted keys outright (a view and explicit keys resolved together)."""
-        self._set_wanted(set(keys))
+        """Sets the wanted keys outright, checked against the cap."""
+        self.wanted = self._checked(set(keys))
 
-    def _set_wanted(self, wanted: set[str]) -> None:
+    def _checked(self, wanted: set[str]) -> set[str]:
         if len(wanted) > self.max_keys:
             raise TooManyKeysError(
                 f"the subscription would hold {len(wanted)} keys; the limit is {self.max_keys}"
             )
-        self.wanted = wanted
+        return wanted
 
     def take_subscription_change(self) -> tuple[list[str], list[str]]:
         """Makes the wanted keys held; returns (added, removed), sorted."""

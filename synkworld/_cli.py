@@ -1,0 +1,131 @@
+"""The `synkworld` command: serve an application; run the demo; run the load test."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from synkworld._errors import ConfigError
+from synkworld._server import Limits, Server
+
+__all__ = ["ServeOptions", "load_factory", "main"]
+
+log = logging.getLogger("synkworld")
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What the command line says about serving; a factory may take it to build its server."""
+
+    host: str
+    port: int
+    tick_rate_hz: float | None
+    limits: dict[str, Any]
+
+
+_LIMIT_TYPES = {f.name: (int if f.type in ("int", int) else float) for f in fields(Limits)}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"SYNKWORLD_{name.upper()}", default)
+
+
+def _add_serve_flags(p: argparse.ArgumentParser, *, port: int) -> None:
+    p.add_argument(
+        "--host", default=_env("host", "127.0.0.1"), help="address to bind [SYNKWORLD_HOST]"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("port", str(port)) or port),
+        help="port [SYNKWORLD_PORT]",
+    )
+    p.add_argument(
+        "--tick-rate-hz",
+        type=float,
+        default=float(v) if (v := _env("tick_rate_hz")) else None,
+        help="ticks per second [SYNKWORLD_TICK_RATE_HZ]",
+    )
+    for name, typ in _LIMIT_TYPES.items():
+        env = _env(name)
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=typ,
+            default=typ(env) if env is not None else None,
+            help=f"limit {name} (default {getattr(Limits(), name)}) [SYNKWORLD_{name.upper()}]",
+        )
+    p.add_argument("--log-level", default=_env("log_level", "INFO"), help="[SYNKWORLD_LOG_LEVEL]")
+
+
+def _options(a: argparse.Namespace) -> ServeOptions:
+    limits = {n: getattr(a, n) for n in _LIMIT_TYPES if getattr(a, n) is not None}
+    return ServeOptions(a.host, a.port, a.tick_rate_hz, limits)
+
+
+def load_factory(spec: str) -> Any:
+    """Imports `module:attribute`."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"expected module:factory, got {spec!r}")
+    sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+async def build_server(factory: Any, options: ServeOptions) -> Server:
+    """Calls the application factory (with the options if it takes one) and applies the flags."""
+    params = inspect.signature(factory).parameters
+    result = factory(options) if params else factory()
+    if inspect.isawaitable(result):
+        result = await result
+    if not isinstance(result, Server):
+        raise ConfigError(f"the factory returned {type(result).__name__}, not a synkworld Server")
+    server = result
+    if options.tick_rate_hz is not None:
+        if options.tick_rate_hz <= 0:
+            raise ConfigError("--tick-rate-hz must be positive")
+        server.loop.tick_rate_hz = options.tick_rate_hz
+    if options.limits:
+        server.limits = replace(server.limits, **options.limits)
+        server.loop.lag_timeout_s = server.limits.lag_timeout_s
+    return server
+
+
+async def _serve(spec: str, options: ServeOptions) -> None:
+    server = await build_server(load_factory(spec), options)
+    await server.serve_forever(options.host, options.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `synkworld` command."""
+    parser = argparse.ArgumentParser(prog="synkworld", description="synkworld: map-based worlds")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve", help="serve an application: synkworld serve module:factory"
+    )
+    serve.add_argument("factory", help="module:callable returning a synkworld.Server")
+    _add_serve_flags(serve, port=8080)
+    a = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(a.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if a.command == "serve":
+            asyncio.run(_serve(a.factory, _options(a)))
+    except ConfigError as e:
+        parser.exit(2, f"synkworld: {e}\n")
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,148 @@
+"""Call handlers: registration, argument checking from the signature, isolation of failures."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from synkworld._errors import (
+    BadArgsError,
+    ConfigError,
+    FieldError,
+    HandlerFailedError,
+    NoHandlerError,
+    ProtocolError,
+)
+from synkworld._objects import FieldSpec
+
+if TYPE_CHECKING:
+    from synkworld._sessions import Session
+    from synkworld._world import World
+
+__all__ = ["Call", "HandlerRegistry"]
+
+log = logging.getLogger("synkworld.handlers")
+
+_KINDS = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What a handler knows about the call it answers."""
+
+    name: str
+    identity: Any
+    session: Session
+    world: World
+
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    fn: Handler
+    params: Mapping[str, FieldSpec]
+    takes_any: bool
+
+
+class HandlerRegistry:
+    """Handlers by name; each call's arguments are checked against the handler's signature."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    def register(self, name: str, fn: Handler) -> None:
+        """Registers `fn(call, **args)` under `name`.
+
+        Keyword parameters after the first declare the arguments: their
+        annotations (int, float, str, bool, list, dict, Any, 'T | None') are
+        checked and their defaults make them optional. A ``**kwargs`` parameter
+        accepts any other argument unchecked.
+        """
+        if not name or len(name) > 64:
+            raise ConfigError("a handler name must have 1-64 characters")
+        if name in self._entries:
+            raise ConfigError(f"a handler named {name!r} is already registered")
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())
+        if not params or params[0].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise ConfigError(f"handler {name!r} must take the Call as its first parameter")
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception as e:
+            raise ConfigError(f"handler {name!r}: cannot resolve annotations: {e}") from e
+        specs: dict[str, FieldSpec] = {}
+        takes_any = False
+        for p in params[1:]:
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                takes_any = True
+                continue
+            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.POSITIONAL_ONLY):
+                raise ConfigError(f"handler {name!r}: arguments are passed by name only")
+            kind, optional = _kind(hints.get(p.name, Any), name, p.name)
+            if p.default is inspect.Parameter.empty:
+                specs[p.name] = FieldSpec(p.name, kind, optional)
+            else:
+                specs[p.name] = FieldSpec(p.name, kind, optional, p.default)
+        self._entries[name] = _Entry(fn, types.MappingProxyType(specs), takes_any)
+
+    def names(self) -> list[str]:
+        """The registered handler names."""
+        return sorted(self._entries)
+
+    async def call(self, call: Call, args: Mapping[str, Any]) -> Any:
+        """Runs the handler; its failure becomes a ProtocolError with the right code."""
+        entry = self._entries.get(call.name)
+        if entry is None:
+            raise NoHandlerError(f"no handler named {call.name!r}")
+        kwargs: dict[str, Any] = {}
+        for arg, value in args.items():
+            spec = entry.params.get(arg)
+            if spec is None:
+                if not entry.takes_any:
+                    raise BadArgsError(f"{call.name}: unexpected argument {arg!r}")
+                kwargs[arg] = value
+                continue
+            try:
+                kwargs[arg] = spec.coerce(value, call.name)
+            except FieldError as e:
+                raise BadArgsError(str(e).replace(f"{call.name}.", f"{call.name}: ", 1)) from None
+        for arg, spec in entry.params.items():
+            if arg not in kwargs and spec.required:
+                raise BadArgsError(f"{call.name}: missing argument {arg!r}")
+        try:
+            result = entry.fn(call, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+        except ProtocolError:
+            raise
+        except Exception as e:
+            log.exception("handler %r failed", call.name)
+            raise HandlerFailedError(f"{call.name} failed: {type(e).__name__}") from e
+        return result
+
+
+def _kind(hint: Any, handler: str, param: str) -> tuple[str, bool]:
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) != 1:
+            raise ConfigError(f"handler {handler!r}: {param} may only be 'T | None'")
+        optional, hint = True, args[0]
+        origin = typing.get_origin(hint)
+    if hint is Any:
+        return "any", optional
+    kind = _KINDS.get(origin if origin is not None else hint)
+    if kind is None:
+        raise ConfigError(f"handler {handler!r}: unsupported type {hint!r} for {param}")
+    return kind, optional

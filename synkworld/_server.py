@@ -1,0 +1,382 @@
+"""The aiohttp application: /ws, /healthz, /metrics, static files, hooks and the lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import inspect
+import logging
+import secrets
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+
+from synkworld._connection import Connection
+from synkworld._errors import ConfigError
+from synkworld._handlers import Handler, HandlerRegistry
+from synkworld._metrics import Sample, ServerMetrics, render
+from synkworld._protocol import CLOSE_CODES, MAX_CLIENT_FRAME_BYTES, encode_hello
+from synkworld._sessions import Session
+from synkworld._tick import TickLoop
+from synkworld._world import TickChanges, World
+
+__all__ = ["Limits", "Server", "request_token"]
+
+log = logging.getLogger("synkworld.transport")
+
+Authenticate = Callable[[web.Request, str | None], Any]
+AuthorizeKeys = Callable[[Any, list[str]], Collection[str]]
+SessionHook = Callable[[Session], Any]
+H = TypeVar("H", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one client may do and cost; every field is checked at construction."""
+
+    max_keys: int = 256
+    max_margin: int = 3
+    send_queue_max_frames: int = 64
+    send_queue_max_bytes: int = 4 * 1024 * 1024
+    lag_timeout_s: float = 10.0
+    rate_limit_per_s: float = 60.0
+    rate_limit_burst: float = 120.0
+    max_errors: int = 20
+    error_window_s: float = 10.0
+    heartbeat_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if value < 0 or (value == 0 and name != "max_margin"):
+                raise ConfigError(f"Limits.{name} must be positive, not {value!r}")
+
+
+def request_token(request: web.Request) -> str | None:
+    """The client's token: the `token` query parameter, or an `Authorization: Bearer` header."""
+    token = request.query.get("token")
+    if token:
+        return token
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class Server:
+    """A synkworld server: one world, its tick loop, and the clients connected over /ws."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        tick_rate_hz: float = 20.0,
+        limits: Limits | None = None,
+        web_root: str | Path | None = None,
+        static_dirs: dict[str, str | Path] | None = None,
+        freeze_gc: bool = True,
+        autotick: bool = True,
+    ) -> None:
+        self.world = world
+        self.limits = limits or Limits()
+        self.loop = TickLoop(
+            world, tick_rate_hz=tick_rate_hz, lag_timeout_s=self.limits.lag_timeout_s
+        )
+        self.handlers = HandlerRegistry()
+        self.metrics = ServerMetrics()
+        self.web_root = Path(web_root) if web_root is not None else None
+        self.static_dirs = {p: Path(d) for p, d in (static_dirs or {}).items()}
+        self.freeze_gc = freeze_gc
+        # Without autotick nothing calls loop.step(): tests drive the ticks themselves.
+        self.autotick = autotick
+        self.authenticate: Authenticate | None = None
+        self.authorize_keys: AuthorizeKeys | None = None
+        self.on_connect: SessionHook | None = None
+        self.on_disconnect: SessionHook | None = None
+        self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
+        self._connections: dict[str, Connection] = {}
+        self._extra_samples: list[Callable[[], list[Sample]]] = []
+        self._accepting = False
+        self.url: str | None = None
+        self.loop.on_tick_done(self.metrics.tick_duration.observe)
+        self.loop.on_expired(self._close_lagging)
+
+    # -- application API --------------------------------------------------------------
+
+    def handler(self, name: str) -> Callable[[H], H]:
+        """Registers a call handler: ``@server.handler("move") def move(call, dx: float): ...``."""
+
+        def register(fn: H) -> H:
+            self.handlers.register(name, fn)
+            return fn
+
+        return register
+
+    def simulation(self, step: Callable[[float], None]) -> Callable[[float], None]:
+        """Runs `step(dt_seconds)` at the start of every tick (usable as a decorator)."""
+        self.loop.add_simulation(step)
+        return step
+
+    def on_changes(self, listener: Callable[[TickChanges], None]) -> None:
+        """Calls `listener` with every tick's changes (persistence, a bus)."""
+        self.loop.on_changes(listener)
+
+    def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Awaits `hook()` during shutdown, after the last tick and the last frames."""
+        self._shutdown_hooks.append(hook)
+
+    @property
+    def sessions(self) -> dict[str, Session]:
+        """The connected sessions by id."""
+        return {sid: c.session for sid, c in self._connections.items()}
+
+    def refused_keys(self, identity: Any, keys: Iterable[str]) -> set[str]:
+        """The keys the authorization hook refuses to `identity` (none without a hook)."""
+        wanted = sorted(keys)
+        if self.authorize_keys is None or not wanted:
+            return set()
+        allowed = self.authorize_keys(identity, wanted)
+        return set(wanted) - set(allowed)
+
+    # -- the HTTP application ------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        """The aiohttp application with every route."""
+        app = web.Application()
+        app.router.add_get("/ws", self._ws_handler)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        for prefix, directory in self.static_dirs.items():
+            app.router.add_static(prefix, directory, show_index=False)
+        if self.web_root is not None:
+            root = self.web_root
+
+            async def index(request: web.Request) -> web.StreamResponse:
+                return web.FileResponse(root / "index.html")
+
+            app.router.add_get("/", index)
+            app.router.add_static("/", root, show_index=False)
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        body = {"ok": True, "tick": self.world.tick, "clients": len(self._connections)}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics_text(), content_type="text/plain", charset="utf-8")
+
+    def metrics_text(self) -> str:
+        """Every metric in the Prometheus text format."""
+        t = self.loop.statistics()
+        w = self.world.statistics()
+        m = self.metrics
+        lagging = sum(1 for c in self._connections.values() if c.session.lagging)
+        samples: list[Sample] = [
+            ("synkworld_tick", "gauge", "The last tick number.", {}, t.tick),
+            ("synkworld_tick_rate_hz", "gauge", "The target tick rate.", {}, t.tick_rate_hz),
+            (
+                "synkworld_ticks_behind_total",
+                "counter",
+                "Ticks that overran their slot in the schedule.",
+                {},
+                t.ticks_behind,
+            ),
+            ("synkworld_clients", "gauge", "Connected clients.", {}, len(self._connections)),
+            ("synkworld_clients_lagging", "gauge", "Clients owed a resync.", {}, lagging),
+            ("synkworld_objects", "gauge", "Objects in the world.", {}, w.objects),
+            ("synkworld_keys", "gauge", "Keys holding objects.", {}, w.keys),
+            (
+                "synkworld_connections_total",
+                "counter",
+                "WebSocket connections accepted.",
+                {},
+                m.connections_total,
+            ),
+            ("synkworld_refused_total", "counter", "Upgrades refused (401).", {}, m.refused_total),
+            ("synkworld_frames_sent_total", "counter", "Frames written.", {}, m.frames_written),
+            (
+                "synkworld_bytes_sent_total",
+                "counter",
+                "Bytes of frames written.",
+                {},
+                m.bytes_written,
+            ),
+            (
+                "synkworld_frames_queued_total",
+                "counter",
+                "Tick frames queued.",
+                {},
+                t.frames_queued,
+            ),
+            (
+                "synkworld_frames_dropped_total",
+                "counter",
+                "Tick frames dropped for slow clients.",
+                {},
+                t.frames_dropped,
+            ),
+            ("synkworld_resyncs_total", "counter", "Resyncs sent.", {}, t.resyncs),
+            (
+                "synkworld_clients_closed_slow_total",
+                "counter",
+                "Clients closed with 1013 for staying behind.",
+                {},
+                m.closed_slow_total,
+            ),
+            (
+                "synkworld_simulation_errors_total",
+                "counter",
+                "Simulation steps that raised.",
+                {},
+                t.simulation_errors,
+            ),
+        ]
+        for code, n in sorted(m.errors.items()):
+            samples.append(
+                ("synkworld_errors_total", "counter", "Errors sent, by code.", {"code": code}, n)
+            )
+        for extra in self._extra_samples:
+            samples.extend(extra())
+        return render(
+            samples,
+            [("synkworld_tick_duration_seconds", "Duration of one tick.", m.tick_duration)],
+        )
+
+    def add_metrics(self, source: Callable[[], list[Sample]]) -> None:
+        """Adds samples (name, type, help, labels, value) to /metrics, read on every scrape."""
+        self._extra_samples.append(source)
+
+    async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
+        if not self._accepting:
+            raise web.HTTPServiceUnavailable(text="the server is shutting down")
+        identity: Any = None
+        if self.authenticate is not None:
+            result = self.authenticate(request, request_token(request))
+            if inspect.isawaitable(result):
+                result = await result
+            if result is None:
+                self.metrics.refused_total += 1
+                raise web.HTTPUnauthorized(text="authentication refused")
+            identity = result
+        limits = self.limits
+        ws = web.WebSocketResponse(
+            max_msg_size=MAX_CLIENT_FRAME_BYTES,
+            compress=False,  # per-client compression would undo encode-once
+            heartbeat=limits.heartbeat_s,
+        )
+        await ws.prepare(request)
+        sid = secrets.token_urlsafe(9)
+        session = Session(
+            sid,
+            self.world.grid,
+            identity=identity,
+            max_keys=limits.max_keys,
+            max_margin=limits.max_margin,
+            send_queue_max_frames=limits.send_queue_max_frames,
+            send_queue_max_bytes=limits.send_queue_max_bytes,
+        )
+        conn = Connection(self, ws, session, identity)
+        hello = encode_hello(
+            sid, self.world.tick, self.loop.tick_rate_hz, self.world.grid.describe()
+        )
+        session.push_control(hello)
+        self._connections[sid] = conn
+        self.metrics.connections_total += 1
+        self.loop.attach(session)
+        try:
+            await self._call_hook(self.on_connect, session)
+            await conn.run()
+        finally:
+            self.loop.detach(session)
+            self._connections.pop(sid, None)
+            session.clear()
+            await self._call_hook(self.on_disconnect, session)
+        return ws
+
+    async def _call_hook(self, hook: SessionHook | None, session: Session) -> None:
+        if hook is None:
+            return
+        try:
+            result = hook(session)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("hook %r failed for session %s", hook, session.sid)
+
+    def _close_lagging(self, session: Session) -> None:
+        conn = self._connections.get(session.sid)
+        if conn is not None and conn.close_code is None:
+            self.metrics.closed_slow_total += 1
+            log.info(
+                "session %s: closed, behind for over %gs", session.sid, self.limits.lag_timeout_s
+            )
+            session.clear()
+            conn.close_soon(CLOSE_CODES["try_again_later"], "too far behind; reconnect")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+        """Serves on host:port while the block runs; yields the base URL (http://host:port)."""
+        runner = web.AppRunner(self.make_app(), handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        addresses = runner.addresses
+        bound_port = addresses[0][1] if addresses else port
+        self.url = f"http://{host}:{bound_port}"
+        if self.freeze_gc:
+            # The world's long-lived objects would otherwise be rescanned by every
+            # full collection, a pause that grows with the world.
+            gc.collect()
+            gc.freeze()
+        self._accepting = True
+        log.info("serving on %s", self.url)
+        # The tick task lives exactly as long as this block: it is awaited (or
+        # its failure raised) on the way out. A TaskGroup would wrap exceptions
+        # of the caller's block in an ExceptionGroup.
+        ticking = asyncio.create_task(self.loop.run()) if self.autotick else None
+        try:
+            yield self.url
+        finally:
+            try:
+                await self._shutdown(site, ticking)
+            finally:
+                if ticking is not None and not ticking.done():
+                    ticking.cancel()
+                await runner.cleanup()
+
+    async def _shutdown(self, site: web.TCPSite, ticking: asyncio.Task[None] | None) -> None:
+        self._accepting = False
+        await site.stop()
+        self.loop.stop()
+        if ticking is not None:
+            await ticking
+        for conn in list(self._connections.values()):
+            conn.close_soon(CLOSE_CODES["going_away"], "server shutting down")
+        waiting = [c.finished.wait() for c in self._connections.values()]
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waiting), timeout=5.0)
+        for hook in self._shutdown_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook %r failed", hook)
+        log.info("stopped at tick %d", self.world.tick)
+
+    async def serve_forever(self, host: str = "127.0.0.1", port: int = 8080) -> None:
+        """Serves until SIGINT or SIGTERM, then shuts down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with self.running(host, port):
+            await stop.wait()

@@ -1,0 +1,143 @@
+"""Authentication, key authorization, call handlers and connection hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from synkworld import BadArgsError, Call, ForbiddenError, Server, Session
+from tests.server.conftest import Ship, make_world
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_server() -> Server:
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+
+    def authenticate(request: aiohttp.web.Request, token: str | None) -> Any:
+        return {"user": token[5:]} if token and token.startswith("user-") else None
+
+    def authorize(identity: Any, keys: list[str]) -> list[str]:
+        return [
+            k for k in keys if not k.startswith("private:") or k == f"private:{identity['user']}"
+        ]
+
+    server.authenticate = authenticate
+    server.authorize_keys = authorize
+    return server
+
+
+async def test_refused_upgrade_gets_401(serve: Any) -> None:
+    async with serve(make_server()) as h:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await h.connect()
+        assert e.value.status == 401
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await h.connect(params={"token": "guest"})
+        c = await h.connect(params={"token": "user-ann"})
+        await c.sync()
+        c2 = await h.connect(headers={"Authorization": "Bearer user-bob"})
+        await c2.sync()
+        assert h.server.metrics.refused_total == 2
+
+
+async def test_forbidden_keys_are_refused_and_nothing_changes(serve: Any) -> None:
+    async with serve(make_server()) as h:
+        c = await h.connect(params={"token": "user-ann"})
+        await c.send({"m": "sub", "add": ["lobby", "private:ann"]})
+        await c.sync()
+        await c.send({"m": "sub", "add": ["private:bob", "other"]})
+        err = await c.error()
+        assert err["code"] == "forbidden"
+        assert "private:bob" in err["msg"]
+        h.step()
+        frame = await c.recv()
+        assert frame["sub"] == {"add": ["lobby", "private:ann"]}
+
+
+async def test_handlers_see_identity_and_validated_args(serve: Any) -> None:
+    server = make_server()
+    seen: list[Any] = []
+
+    @server.handler("spawn")
+    def spawn(
+        call: Call, x: float, y: float, hp: int = 10, note: str | None = None
+    ) -> dict[str, Any]:
+        seen.append((call.identity, call.name, x, y, hp, note))
+        ship = call.world.create(Ship(x=x, y=y, hp=hp, captain=call.identity["user"]))
+        return {"id": ship.id}
+
+    @server.handler("steer")
+    async def steer(call: Call, ship: str, x: float, y: float) -> None:
+        target = call.world.get(ship)
+        if target is None:
+            raise BadArgsError(f"no ship {ship!r}")
+        if target.captain != call.identity["user"]:  # type: ignore[attr-defined]
+            raise ForbiddenError("that ship is not yours")
+        call.world.move(target, x, y)
+
+    @server.handler("crash")
+    def crash(call: Call) -> None:
+        raise ZeroDivisionError("oops")
+
+    async with serve(server) as h:
+        ann = await h.connect(params={"token": "user-ann"})
+        bob = await h.connect(params={"token": "user-bob"})
+        reply = await ann.call("spawn", {"x": 5, "y": 6}, call_id=1)
+        assert reply["m"] == "reply"
+        ship_id = reply["ok"]["id"]
+        assert seen == [({"user": "ann"}, "spawn", 5.0, 6.0, 10, None)]
+        assert (await ann.call("steer", {"ship": ship_id, "x": 50, "y": 50}, 2)) == {
+            "m": "reply",
+            "id": 2,
+            "ok": None,
+        }
+        err = await bob.call("steer", {"ship": ship_id, "x": 0, "y": 0}, 3)
+        assert (err["code"], err["id"]) == ("forbidden", 3)
+        cases = [
+            ("nope", {}, "no_handler"),
+            ("spawn", {"x": 1}, "bad_args"),
+            ("spawn", {"x": "1", "y": 2}, "bad_args"),
+            ("spawn", {"x": 1, "y": 2, "speed": 3}, "bad_args"),
+            ("spawn", {"x": 1, "y": 2, "hp": 1.5}, "bad_args"),
+            ("steer", {"ship": "ghost", "x": 1, "y": 1}, "bad_args"),
+            ("crash", {}, "handler_failed"),
+        ]
+        for i, (name, args, code) in enumerate(cases, start=10):
+            err = await bob.call(name, args, i)
+            assert (err["m"], err["code"], err["id"]) == ("error", code, i), err
+        # The connection and the loop survive all of it.
+        h.step()
+        assert (await bob.call("spawn", {"x": 1, "y": 1}, 99))["m"] == "reply"
+        assert h.world[ship_id].x == 50.0  # type: ignore[attr-defined]
+
+
+async def test_connect_and_disconnect_hooks(serve: Any) -> None:
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+    events: list[tuple[str, str]] = []
+
+    def on_connect(session: Session) -> None:
+        events.append(("connect", session.sid))
+
+    async def on_disconnect(session: Session) -> None:
+        events.append(("disconnect", session.sid))
+
+    def broken(session: Session) -> None:
+        raise RuntimeError("hook bug")
+
+    server.on_connect = on_connect
+    server.on_disconnect = on_disconnect
+    async with serve(server) as h:
+        c = await h.connect()
+        sid = c.hello["sid"]
+        await c.ws.close()
+        for _ in range(100):
+            if len(events) == 2:
+                break
+            await __import__("asyncio").sleep(0.01)
+        assert events == [("connect", sid), ("disconnect", sid)]
+        server.on_connect = broken  # a failing hook is logged; the client is still served
+        c2 = await h.connect()
+        await c2.sync()
