@@ -89,11 +89,9 @@ class BatchBuilder:
         """The keys touched so far."""
         return list(self._parts.keys() | self._motion.keys())
 
-    def encode(self) -> dict[str, Batch]:
-        """Encodes every touched key's batch, once each."""
-        tick = self.tick
-        out: dict[str, Batch] = {}
-        dumps = orjson.dumps
+    def messages(self) -> dict[str, dict[str, Any]]:
+        """Every touched key's batch as a message, not yet encoded."""
+        out: dict[str, dict[str, Any]] = {}
         motion = self._motion
         for key, p in self._parts.items():
             msg: dict[str, Any] = {"k": key}
@@ -106,9 +104,15 @@ class BatchBuilder:
                 msg["mv"] = mv
             if p.rem:
                 msg["rem"] = p.rem
-            out[key] = Batch(key, tick, dumps(msg))
+            out[key] = msg
         parts = self._parts
         for key, mv in motion.items():
             if key not in parts:
-                out[key] = Batch(key, tick, dumps({"k": key, "mv": mv}))
+                out[key] = {"k": key, "mv": mv}
         return out
+
+    @staticmethod
+    def encode(tick: int, messages: dict[str, dict[str, Any]]) -> dict[str, Batch]:
+        """Encodes every key's batch message, once each."""
+        dumps = orjson.dumps
+        return {key: Batch(key, tick, dumps(msg)) for key, msg in messages.items()}

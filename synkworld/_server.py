@@ -12,7 +12,7 @@ import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
@@ -83,11 +83,15 @@ class Server:
         static_dirs: dict[str, str | Path] | None = None,
         freeze_gc: bool = True,
         autotick: bool = True,
+        frame_mode: Literal["shared", "per-client"] = "shared",
     ) -> None:
         self.world = world
         self.limits = limits or Limits()
         self.loop = TickLoop(
-            world, tick_rate_hz=tick_rate_hz, lag_timeout_s=self.limits.lag_timeout_s
+            world,
+            tick_rate_hz=tick_rate_hz,
+            lag_timeout_s=self.limits.lag_timeout_s,
+            frame_mode=frame_mode,
         )
         self.handlers = HandlerRegistry()
         self.metrics = ServerMetrics()

@@ -13,7 +13,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Literal, Protocol
+
+import orjson
 
 from synkworld._batch import Batch
 from synkworld._errors import ConfigError
@@ -45,6 +47,63 @@ class DeliveryReport:
     expired: tuple[Session, ...]
 
 
+class FrameEncoder(Protocol):
+    """Builds one session's frames for one tick."""
+
+    def tick_frame(
+        self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
+    ) -> bytes | None:
+        """The tick frame for a session that held `held` before this frame."""
+        ...
+
+    def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:
+        """The resync frame for a session that holds `held`."""
+        ...
+
+
+class SharedFrames:
+    """Frames joined from batches encoded once per key: what synkworld does."""
+
+    def __init__(self, batches: Mapping[str, Batch], snapshots: SnapshotSource) -> None:
+        self._get = {k: b.data for k, b in batches.items()}.get
+        self._snapshot = snapshots.snapshot
+
+    def tick_frame(
+        self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
+    ) -> bytes | None:
+        parts = [d for d in map(self._get, held) if d is not None]
+        return encode_tick(tick, parts, added, removed, [self._snapshot(k) for k in added])
+
+    def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:
+        return encode_resync(tick, [self._snapshot(k) for k in sorted(held)])
+
+
+class PerClientFrames:
+    """Frames filtered and encoded per client: the naive baseline the benchmark compares with."""
+
+    def __init__(self, messages: Mapping[str, dict[str, Any]], world: World) -> None:
+        self._messages = messages
+        self._world = world
+
+    def tick_frame(
+        self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
+    ) -> bytes | None:
+        get = self._messages.get
+        msg: dict[str, Any] = {"m": "tick", "n": tick}
+        b = [m for m in map(get, held) if m is not None]
+        if b:
+            msg["b"] = b
+        if added or removed:
+            msg["sub"] = {k: v for k, v in (("add", added), ("rem", removed)) if v}
+        if added:
+            msg["snap"] = [self._world.snapshot_message(k) for k in added]
+        return orjson.dumps(msg) if len(msg) > 2 else None
+
+    def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:
+        snaps = [self._world.snapshot_message(k) for k in sorted(held)]
+        return orjson.dumps({"m": "resync", "n": tick, "snap": snaps})
+
+
 def deliver_frames(
     tick: int,
     batches: Mapping[str, Batch],
@@ -60,18 +119,29 @@ def deliver_frames(
     ``resync``; one lagging for longer than `lag_timeout_s` is reported as
     expired for the transport to close.
     """
+    return deliver_frames_with(
+        SharedFrames(batches, snapshots), tick, sessions, now=now, lag_timeout_s=lag_timeout_s
+    )
+
+
+def deliver_frames_with(
+    encoder: FrameEncoder,
+    tick: int,
+    sessions: Iterable[Session],
+    *,
+    now: float,
+    lag_timeout_s: float,
+) -> DeliveryReport:
+    """`deliver_frames` with any frame encoder."""
     frames = nbytes = dropped = resyncs = 0
     expired: list[Session] = []
-    snapshot = snapshots.snapshot
-    ready = {k: b.data for k, b in batches.items()}
-    get = ready.get
     for s in sessions:
         if s.closed:
             continue
         if s.lagging_since is not None:
             if s.queued_frames == 0:
                 s.take_subscription_change()
-                frame = encode_resync(tick, [snapshot(k) for k in sorted(s.held)])
+                frame = encoder.resync_frame(tick, s.held)
                 s.push_resync(frame)
                 resyncs += 1
                 frames += 1
@@ -83,9 +153,9 @@ def deliver_frames(
                 if now - s.lagging_since > lag_timeout_s:
                     expired.append(s)
             continue
-        parts = [d for d in map(get, s.held) if d is not None]
+        held = s.held
         added, removed = s.take_subscription_change()
-        frame_or_none = encode_tick(tick, parts, added, removed, [snapshot(k) for k in added])
+        frame_or_none = encoder.tick_frame(tick, held, added, removed)
         if frame_or_none is None:
             continue
         if s.offer(frame_or_none, now):
@@ -126,6 +196,7 @@ class TickLoop:
         lag_timeout_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        frame_mode: Literal["shared", "per-client"] = "shared",
     ) -> None:
         if not tick_rate_hz > 0:
             raise ConfigError("tick_rate_hz must be positive")
@@ -136,6 +207,10 @@ class TickLoop:
         self.lag_timeout_s = float(lag_timeout_s)
         self.clock = clock
         self._sleep = sleep
+        if frame_mode not in ("shared", "per-client"):
+            raise ConfigError("frame_mode must be 'shared' or 'per-client'")
+        # "per-client" encodes every client's frame itself: only for baselines.
+        self.frame_mode = frame_mode
         self._sessions: dict[str, Session] = {}
         self._simulations: list[Simulation] = []
         self._change_listeners: list[Callable[[TickChanges], None]] = []
@@ -201,12 +276,17 @@ class TickLoop:
                 # A failing simulation must not stop the world's clock for everyone.
                 self._sim_errors += 1
                 log.exception("simulation step %r failed", sim)
-        changes = self.world.commit()
-        report = deliver_frames(
+        naive = self.frame_mode == "per-client"
+        changes = self.world.commit(encode=not naive)
+        encoder: FrameEncoder = (
+            PerClientFrames(changes.messages, self.world)
+            if naive
+            else SharedFrames(changes.batches, self.world)
+        )
+        report = deliver_frames_with(
+            encoder,
             changes.tick,
-            changes.batches,
             self._sessions.values(),
-            self.world,
             now=started,
             lag_timeout_s=self.lag_timeout_s,
         )

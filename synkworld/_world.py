@@ -38,6 +38,7 @@ class TickChanges:
     batches: Mapping[str, Batch]
     changed_ids: list[str]
     deleted_ids: list[str]
+    messages: Mapping[str, dict[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,8 +248,13 @@ class World:
 
     # -- the tick ------------------------------------------------------------------------
 
-    def commit(self) -> TickChanges:
-        """Ends a tick: turns every change since the last one into encoded batches."""
+    def commit(self, *, encode: bool = True) -> TickChanges:
+        """Ends a tick: turns every change since the last one into encoded batches.
+
+        With ``encode=False`` only the batch messages are built (a frame builder
+        that encodes per client, such as the benchmark's naive baseline, needs no
+        shared bytes).
+        """
         tick = self.tick + 1
         cols = self._cols
         grid = self.grid
@@ -334,12 +340,13 @@ class World:
         self._dirty = {}
         self._created = {}
         self._deleted = {}
-        batches = out.encode()
+        messages = out.messages()
+        batches = out.encode(tick, messages) if encode else {}
         snapshots = self._snapshots
-        for key in batches:
+        for key in messages:
             snapshots.pop(key, None)
         self.tick = tick
-        return TickChanges(tick, batches, changed_ids, deleted_ids)
+        return TickChanges(tick, batches, changed_ids, deleted_ids, messages)
 
     def _plain_motion(
         self,
@@ -379,13 +386,17 @@ class World:
         """The encoded snapshot of a key as of the last tick; encoded once until the key changes."""
         data = self._snapshots.get(key)
         if data is None:
-            objs = [
-                {"id": o.id, "t": o.synk_type, "v": o.version, "s": o.wire_state()}
-                for o in self._by_key.get(key, {}).values()
-            ]
-            data = orjson.dumps({"k": key, "objs": objs})
+            data = orjson.dumps(self.snapshot_message(key))
             self._snapshots[key] = data
         return data
+
+    def snapshot_message(self, key: str) -> dict[str, Any]:
+        """The snapshot of a key as of the last tick, not encoded."""
+        objs = [
+            {"id": o.id, "t": o.synk_type, "v": o.version, "s": o.wire_state()}
+            for o in self._by_key.get(key, {}).values()
+        ]
+        return {"k": key, "objs": objs}
 
     # -- documents -----------------------------------------------------------------------
 
