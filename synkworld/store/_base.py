@@ -1,0 +1,204 @@
+"""The store interface: documents, regions, write batches and the `Store` base class.
+
+A store persists the world's objects as documents (PROTOCOL.md, "Persistence")::
+
+    {"_id": str, "t": str, "key": str, "v": int, "owner"?: ..., ...state fields}
+
+`_id` is the object's id, `t` its type, `key` the key of the cell holding it
+(`"<map>:<cx>:<cy>"`) or its channel key, `v` its version. Positioned objects
+carry their position in two top-level number fields (`x` and `y` unless told
+otherwise), which region loads filter on.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeGuard
+
+from synkworld.store._errors import DocumentRejectedError
+
+__all__ = [
+    "DEFAULT_MAX_DOCUMENT_BYTES",
+    "Document",
+    "Region",
+    "Store",
+    "WriteBatch",
+    "WriteResult",
+]
+
+Document = dict[str, Any]
+"""A stored object: `{"_id", "t", "key", "v", ...state}`, JSON-like values only."""
+
+DEFAULT_MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+"""MongoDB's document size limit (16 MiB), which every store enforces by default."""
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A rectangle of one map: the half-open box `x0 <= x < x1`, `y0 <= y < y1`.
+
+    A document lies in the region when its key starts with `"<map>:"` and both of
+    its `pos_fields` are numbers inside the box. Half-open, like grid cells, so
+    that the region made of whole cells holds exactly the objects of those cells.
+    """
+
+    map: str
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    pos_fields: tuple[str, str] = ("x", "y")
+
+    def __post_init__(self) -> None:
+        if not self.map or ":" in self.map:
+            raise ValueError(f"a map name is non-empty and has no ':', not {self.map!r}")
+        bounds = (self.x0, self.y0, self.x1, self.y1)
+        if any(isinstance(b, bool) or not isinstance(b, int | float) for b in bounds):
+            raise TypeError(f"region bounds are numbers, not {bounds!r}")
+        if any(math.isnan(b) for b in bounds):
+            raise ValueError("region bounds are not NaN")
+        if self.x0 > self.x1 or self.y0 > self.y1:
+            raise ValueError(f"a region has x0 <= x1 and y0 <= y1, not {bounds!r}")
+        if len(self.pos_fields) != 2 or self.pos_fields[0] == self.pos_fields[1]:
+            raise ValueError(f"pos_fields names two different fields, not {self.pos_fields!r}")
+
+    @property
+    def key_prefix(self) -> str:
+        """The prefix of the keys of this map's cells: `"<map>:"`."""
+        return self.map + ":"
+
+    def contains(self, doc: Mapping[str, Any]) -> bool:
+        """Tells whether a document lies in the region."""
+        key = doc.get("key")
+        if not isinstance(key, str) or not key.startswith(self.key_prefix):
+            return False
+        x = doc.get(self.pos_fields[0])
+        y = doc.get(self.pos_fields[1])
+        return is_number(x) and is_number(y) and self.x0 <= x < self.x1 and self.y0 <= y < self.y1
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Changes to write at once: documents to upsert and ids to delete.
+
+    Each upsert is a document with at least `_id`; the store sets every field it
+    carries (MongoDB's `$set`), keeping the stored fields it does not name, and
+    creates the document if it does not exist. Deleting a missing id is not an
+    error. An id appears at most once in a batch; the outcome of naming it twice
+    (as two upserts, or as an upsert and a delete) is not specified.
+    """
+
+    upserts: list[Document] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.deletes)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a store did with a batch: how many operations it applied, which ids it refused.
+
+    `rejected` maps the id of each document refused for good (too large, a field
+    name the store cannot hold, a value it cannot encode) to the reason. Those are
+    not written; every other operation of the batch is.
+    """
+
+    written: int = 0
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+    def raise_for_rejected(self) -> None:
+        """Raises `DocumentRejectedError` for the first refused document, if any."""
+        for doc_id, reason in self.rejected.items():
+            raise DocumentRejectedError(reason, doc_id=doc_id)
+
+
+class Store(abc.ABC):
+    """Persists documents; the base class of every store.
+
+    Stores are async context managers: leaving the block closes the store.
+    Failures that retrying can cure (the database is unreachable, a lock is held)
+    raise `StoreUnavailableError` and write nothing that matters: every write is
+    idempotent, so the caller retries the whole batch.
+    """
+
+    @abc.abstractmethod
+    async def load(
+        self,
+        *,
+        keys: Collection[str] | None = None,
+        region: Region | None = None,
+    ) -> list[Document]:
+        """Returns the stored documents whose key is in `keys` or which lie in `region`.
+
+        With both, the documents matching either; with neither, every document.
+        The order of the list is not specified.
+        """
+
+    @abc.abstractmethod
+    async def apply(self, batch: WriteBatch) -> WriteResult:
+        """Writes a batch of upserts and deletes, and reports the documents refused."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Releases the store's resources; closing twice is harmless."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def is_number(value: object) -> TypeGuard[int | float]:
+    """Tells whether a value is an int or a float (a bool is not a number here)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def upsert_id(doc: Mapping[str, Any]) -> str:
+    """Returns the `_id` of a document to upsert; raises `ValueError` if it has none.
+
+    A document without a string `_id` is the caller's bug, not a document to
+    reject: without an id there is nothing to report it under.
+    """
+    doc_id = doc.get("_id")
+    if not isinstance(doc_id, str) or not doc_id:
+        raise ValueError(f"a document to upsert has a non-empty str _id, not {doc_id!r}")
+    return doc_id
+
+
+def field_name_problem(doc: Mapping[str, Any]) -> str | None:
+    """Returns why a document's top-level field names cannot be stored, or None if they can.
+
+    Every store refuses the same names, so that a document a test writes to
+    SQLite behaves the same in MongoDB: a name is a non-empty str without a NUL,
+    that neither starts with `$` nor contains `.` (MongoDB would read those as
+    an operator or a path into a nested document).
+    """
+    try:
+        names = "\0".join(doc)
+    except TypeError:
+        bad = next(k for k in doc if not isinstance(k, str))
+        return f"field name {bad!r} is not a str"
+    # Fast path: one scan of the joined names finds nothing suspicious.
+    if "." not in names and "$" not in names and names.count("\0") == len(doc) - 1 and all(doc):
+        return None
+    for name in doc:
+        if not name:
+            return "field name is empty"
+        if name.startswith("$"):
+            return f"field name {name!r} starts with '$'"
+        if "." in name:
+            return f"field name {name!r} contains '.'"
+        if "\0" in name:
+            return f"field name {name!r} contains a NUL character"
+    return None

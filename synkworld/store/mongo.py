@@ -1,0 +1,334 @@
+"""`MongoStore`: documents in a MongoDB collection, through PyMongo's async API or Motor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import Collection, Iterator
+from typing import Any
+
+import bson
+from bson.raw_bson import RawBSONDocument
+from pymongo import AsyncMongoClient, DeleteOne, UpdateOne
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    ExecutionTimeout,
+    PyMongoError,
+    WriteConcernError,
+    WTimeoutError,
+)
+
+from synkworld.store._base import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    Document,
+    Region,
+    Store,
+    WriteBatch,
+    WriteResult,
+    field_name_problem,
+    upsert_id,
+)
+from synkworld.store._errors import StoreError, StoreUnavailableError
+
+__all__ = ["MongoStore"]
+
+logger = logging.getLogger("synkworld.store")
+
+# Keeps each `$in` query far below the 16 MiB command limit.
+_KEYS_PER_QUERY = 10_000
+
+# Under both FerretDB 1.x connection pools (50 and 100), with room to spare.
+_FERRETDB_1_MAX_OPS = 40
+
+
+class MongoStore(Store):
+    """Stores documents in one MongoDB collection, one bulk write per batch.
+
+    Takes a database object of PyMongo's async API (`pymongo.AsyncMongoClient()[name]`)
+    or of Motor (`AsyncIOMotorClient()[name]`); both drivers are used through the
+    same calls. A store made from a database leaves its client to the caller; one
+    made by `MongoStore.connect()` owns its client and closes it.
+
+    A batch is one unordered `bulk_write` of `UpdateOne({_id}, {$set: fields},
+    upsert=True)` and `DeleteOne({_id})`. Each `$set` document is encoded to BSON
+    once, here, so that a document over `max_document_bytes` (16 MiB by default,
+    MongoDB's limit) or with a value BSON cannot encode is refused before it is
+    sent, and the rest of the batch still goes. Write errors the server reports
+    (`BulkWriteError`) refuse the ids they name. Network failures, timeouts and
+    write-concern errors raise `StoreUnavailableError`: every operation is
+    idempotent, so the whole batch can be sent again.
+
+    Indexes, created on first use: `(key, <x>, <y>)`, which serves loads by key
+    (as its prefix) and by region (a prefix range on `key`, then the position).
+
+    `max_ops_per_command` splits a batch into several bulk writes, sent one after
+    the other, of at most that many operations. None (the default) sends one
+    bulk write (the driver still splits it at the server's `maxWriteBatchSize`),
+    except against FerretDB 1.x, detected on first use, where it is 40: FerretDB
+    1.x keeps the cursor of every update that matched a document open until the
+    whole update command ends, and wedges for good once its connection pool is
+    spent (100 connections with SQLite, 50 with PostgreSQL).
+    """
+
+    def __init__(
+        self,
+        database: Any,
+        *,
+        collection: str = "objects",
+        pos_fields: tuple[str, str] = ("x", "y"),
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        max_ops_per_command: int | None = None,
+    ) -> None:
+        if max_document_bytes <= 0:
+            raise ValueError(f"max_document_bytes is positive, not {max_document_bytes!r}")
+        if max_ops_per_command is not None and max_ops_per_command <= 0:
+            raise ValueError(f"max_ops_per_command is positive, not {max_ops_per_command!r}")
+        self.database = database
+        self.max_ops_per_command = max_ops_per_command
+        self.collection_name = collection
+        self.pos_fields = pos_fields
+        self.max_document_bytes = max_document_bytes
+        self._collection: Any = database[collection]
+        self._owned_client: AsyncMongoClient[Any] | None = None
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def connect(
+        cls,
+        uri: str,
+        db_name: str,
+        collection: str = "objects",
+        *,
+        pos_fields: tuple[str, str] = ("x", "y"),
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        max_ops_per_command: int | None = None,
+        **client_options: Any,
+    ) -> MongoStore:
+        """Makes a store with its own `AsyncMongoClient`, closed with the store.
+
+        `client_options` go to the client; `serverSelectionTimeoutMS` defaults to
+        5000 here (PyMongo's own default, 30 s, holds a write behind an outage
+        that long before it can be retried).
+        """
+        client_options.setdefault("serverSelectionTimeoutMS", 5000)
+        client: AsyncMongoClient[Any] = AsyncMongoClient(uri, **client_options)
+        store = cls(
+            client[db_name],
+            collection=collection,
+            pos_fields=pos_fields,
+            max_document_bytes=max_document_bytes,
+            max_ops_per_command=max_ops_per_command,
+        )
+        store._owned_client = client
+        return store
+
+    async def ensure_indexes(self) -> None:
+        """Creates the store's index if it does not exist yet (done on first use anyway)."""
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if self._ready:
+                return
+            x, y = self.pos_fields
+            with _driver_errors():
+                await self._collection.create_index(
+                    [("key", 1), (x, 1), (y, 1)], name=f"synkworld_key_{x}_{y}"
+                )
+                build_info = await self.database.command("buildInfo")
+            if self.max_ops_per_command is None:
+                ferretdb = str(build_info.get("ferretdbVersion", ""))
+                if ferretdb.startswith("v1."):
+                    self.max_ops_per_command = _FERRETDB_1_MAX_OPS
+                    logger.info(
+                        "FerretDB %s: bulk writes go in commands of %d operations at most",
+                        ferretdb,
+                        _FERRETDB_1_MAX_OPS,
+                    )
+            self._ready = True
+
+    async def load(
+        self,
+        *,
+        keys: Collection[str] | None = None,
+        region: Region | None = None,
+    ) -> list[Document]:
+        self._check_open()
+        await self.ensure_indexes()
+        if keys is None and region is None:
+            return await self._find({})
+        found: dict[str, Document] = {}
+        if keys:
+            unique = list(dict.fromkeys(keys))
+            for start in range(0, len(unique), _KEYS_PER_QUERY):
+                chunk = unique[start : start + _KEYS_PER_QUERY]
+                for doc in await self._find({"key": {"$in": chunk}}):
+                    found[doc["_id"]] = doc
+        if region is not None:
+            x, y = region.pos_fields
+            query = {
+                "key": {"$regex": "^" + re.escape(region.key_prefix)},
+                x: {"$gte": region.x0, "$lt": region.x1},
+                y: {"$gte": region.y0, "$lt": region.y1},
+            }
+            for doc in await self._find(query):
+                found[doc["_id"]] = doc
+        return list(found.values())
+
+    async def apply(self, batch: WriteBatch) -> WriteResult:
+        self._check_open()
+        rejected: dict[str, str] = {}
+        # One (id, update document or None for a delete) per operation sent.
+        sent: list[tuple[str, dict[str, Any] | None]] = []
+        for upsert in batch.upserts:
+            doc_id = upsert_id(upsert)
+            problem, update = self._update(upsert)
+            if update is None:
+                rejected[doc_id] = problem or "refused"
+            else:
+                sent.append((doc_id, update))
+        sent.extend((doc_id, None) for doc_id in batch.deletes)
+        if not sent:
+            return WriteResult(written=0, rejected=rejected)
+        ops = [
+            DeleteOne({"_id": doc_id})
+            if update is None
+            else UpdateOne({"_id": doc_id}, update, upsert=True)
+            for doc_id, update in sent
+        ]
+        await self.ensure_indexes()
+        step = self.max_ops_per_command or len(ops)
+        for start in range(0, len(ops), step):
+            await self._bulk_write(ops[start : start + step], sent[start : start + step], rejected)
+        written = len(sent) - sum(1 for doc_id, _ in sent if doc_id in rejected)
+        return WriteResult(written=written, rejected=rejected)
+
+    async def _bulk_write(
+        self,
+        ops: list[UpdateOne | DeleteOne],
+        sent: list[tuple[str, dict[str, Any] | None]],
+        rejected: dict[str, str],
+    ) -> None:
+        """Sends one unordered bulk write, and adds the operations refused to `rejected`."""
+        try:
+            with _driver_errors():
+                await self._collection.bulk_write(ops, ordered=False)
+        except _ServerRefused as refused:
+            for index, reason in refused.errors.items():
+                rejected[sent[index][0]] = reason
+        except _BadReply:
+            # FerretDB 1.x answers an update command that has write errors
+            # without `nModified` (PyMongo then fails with a KeyError), reports
+            # the wrong index, and skips the operations after the failed one.
+            # Replaying each operation on its own finds the refused ones; the
+            # writes are idempotent, so replaying those that went through
+            # changes nothing.
+            logger.warning(
+                "bulk write of %d operations got a malformed reply; replaying them one by one",
+                len(ops),
+            )
+            for doc_id, update in sent:
+                refusal = await self._replay(doc_id, update)
+                if refusal is not None:
+                    rejected[doc_id] = refusal
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owned_client is not None:
+            await self._owned_client.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    async def _find(self, query: dict[str, Any]) -> list[Document]:
+        with _driver_errors():
+            docs: list[Document] = await self._collection.find(query).to_list(None)
+        return docs
+
+    def _update(self, upsert: Document) -> tuple[str | None, dict[str, Any] | None]:
+        """Returns the update document for an upsert, or why it is refused."""
+        problem = field_name_problem(upsert)
+        if problem is not None:
+            return problem, None
+        fields = {name: value for name, value in upsert.items() if name != "_id"}
+        if not fields:
+            # `$set: {}` is refused by FerretDB and by MongoDB before 5.0.
+            return None, {"$setOnInsert": {}}
+        try:
+            raw = bson.encode(fields)
+        except (bson.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+            return f"cannot encode: {exc}", None
+        if len(raw) > self.max_document_bytes:
+            limit = self.max_document_bytes
+            return f"document is {len(raw)} bytes, over the limit of {limit}", None
+        # The driver copies raw BSON as it is: the fields are encoded once, not twice.
+        return None, {"$set": RawBSONDocument(raw)}
+
+    async def _replay(self, doc_id: str, update: dict[str, Any] | None) -> str | None:
+        """Sends one operation as a plain command; returns the server's reason if refused."""
+        name = self.collection_name
+        command: dict[str, Any]
+        if update is None:
+            deletes = [{"q": {"_id": doc_id}, "limit": 1}]
+            command = {"delete": name, "deletes": deletes, "ordered": True}
+        else:
+            updates = [{"q": {"_id": doc_id}, "u": update, "upsert": True}]
+            command = {"update": name, "updates": updates, "ordered": True}
+        try:
+            with _driver_errors():
+                reply = await self.database.command(command)
+        except (_ServerRefused, _BadReply) as exc:
+            return str(exc)
+        errors = reply.get("writeErrors") or []
+        if errors:
+            return "; ".join(_reason(err) for err in errors)
+        return None
+
+
+class _ServerRefused(Exception):
+    """The server refused some operations of a bulk write: index -> reason."""
+
+    def __init__(self, errors: dict[int, str]) -> None:
+        super().__init__("; ".join(errors.values()))
+        self.errors = errors
+
+
+class _BadReply(Exception):
+    """The driver could not make sense of the server's reply."""
+
+
+@contextlib.contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Turns driver errors into store errors, `_ServerRefused` and `_BadReply`."""
+    try:
+        yield
+    except BulkWriteError as exc:
+        details = exc.details
+        if details.get("writeConcernErrors"):
+            raise StoreUnavailableError(f"MongoDB write concern failed: {exc}") from exc
+        errors = {int(err["index"]): _reason(err) for err in details.get("writeErrors", [])}
+        raise _ServerRefused(errors) from exc
+    except PyMongoError as exc:
+        if _is_transient(exc):
+            raise StoreUnavailableError(f"MongoDB unavailable: {exc}") from exc
+        raise StoreError(f"MongoDB: {exc}") from exc
+    except (KeyError, TypeError, IndexError) as exc:
+        # Raised from inside the driver, which expected a field the reply lacks.
+        raise _BadReply(f"malformed reply from the server: {exc!r}") from exc
+
+
+def _reason(write_error: dict[str, Any]) -> str:
+    return f"{write_error.get('errmsg', 'write error')} (code {write_error.get('code')})"
+
+
+def _is_transient(exc: PyMongoError) -> bool:
+    if isinstance(exc, ConnectionFailure | ExecutionTimeout | WriteConcernError | WTimeoutError):
+        return True
+    return exc.has_error_label("RetryableWriteError") or exc.has_error_label("NetworkError")
