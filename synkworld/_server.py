@@ -21,10 +21,12 @@ from synkworld._connection import Connection
 from synkworld._errors import ConfigError
 from synkworld._handlers import Handler, HandlerRegistry
 from synkworld._metrics import Sample, ServerMetrics, render
+from synkworld._persistence import Persistence
 from synkworld._protocol import CLOSE_CODES, MAX_CLIENT_FRAME_BYTES, encode_hello
 from synkworld._sessions import Session
 from synkworld._tick import TickLoop
 from synkworld._world import TickChanges, World
+from synkworld.store import Store
 
 __all__ = ["Limits", "Server", "request_token"]
 
@@ -50,6 +52,7 @@ class Limits:
     max_errors: int = 20
     error_window_s: float = 10.0
     heartbeat_s: float = 30.0
+    socket_buffer_max_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -106,6 +109,7 @@ class Server:
         self.on_disconnect: SessionHook | None = None
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._connections: dict[str, Connection] = {}
+        self.persistence: Persistence | None = None
         self._extra_samples: list[Callable[[], list[Sample]]] = []
         self._accepting = False
         self.url: str | None = None
@@ -131,6 +135,20 @@ class Server:
     def on_changes(self, listener: Callable[[TickChanges], None]) -> None:
         """Calls `listener` with every tick's changes (persistence, a bus)."""
         self.loop.on_changes(listener)
+
+    def persist(self, store: Store, **write_behind: Any) -> Persistence:
+        """Writes the world's changes to `store` behind the tick, from `running()` on.
+
+        Load the world from the store first (`load_documents`). The write-behind
+        starts with the server and, at shutdown, after the last tick, flushes
+        everything and closes the store. Keyword arguments go to `Persistence`.
+        """
+        if self.persistence is not None:
+            raise ConfigError("the server already persists to a store")
+        self.persistence = Persistence(self.world, store, **write_behind)
+        self.loop.on_changes(self.persistence.on_changes)
+        self.add_metrics(self.persistence.samples)
+        return self.persistence
 
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Awaits `hook()` during shutdown, after the last tick and the last frames."""
@@ -286,7 +304,7 @@ class Server:
             send_queue_max_frames=limits.send_queue_max_frames,
             send_queue_max_bytes=limits.send_queue_max_bytes,
         )
-        conn = Connection(self, ws, session, identity)
+        conn = Connection(self, ws, session, identity, request.transport)
         hello = encode_hello(
             sid, self.world.tick, self.loop.tick_rate_hz, self.world.grid.describe()
         )
@@ -346,16 +364,21 @@ class Server:
         # The tick task lives exactly as long as this block: it is awaited (or
         # its failure raised) on the way out. A TaskGroup would wrap exceptions
         # of the caller's block in an ExceptionGroup.
-        ticking = asyncio.create_task(self.loop.run()) if self.autotick else None
-        try:
-            yield self.url
-        finally:
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(runner.cleanup)
+            if self.persistence is not None:
+                # Entered before the tick starts, left after the last tick and the
+                # last frames: the final flush sees every change.
+                await stack.enter_async_context(self.persistence)
+            ticking = asyncio.create_task(self.loop.run()) if self.autotick else None
             try:
-                await self._shutdown(site, ticking)
+                yield self.url
             finally:
-                if ticking is not None and not ticking.done():
-                    ticking.cancel()
-                await runner.cleanup()
+                try:
+                    await self._shutdown(site, ticking)
+                finally:
+                    if ticking is not None and not ticking.done():
+                        ticking.cancel()
 
     async def _shutdown(self, site: web.TCPSite, ticking: asyncio.Task[None] | None) -> None:
         self._accepting = False

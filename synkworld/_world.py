@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ class World:
         self._created: dict[str, SynkObject] = {}
         self._deleted: dict[str, str] = {}  # id -> the key clients know it under
         self._snapshots: dict[str, bytes] = {}
+        self._flushers: list[Callable[[], Awaitable[None]]] = []
 
     # -- reading ---------------------------------------------------------------
 
@@ -402,7 +403,9 @@ class World:
 
     def document(self, obj: SynkObject) -> dict[str, Any]:
         """The object as a stored document: ``{_id, t, key, v, ...state}``."""
-        doc: dict[str, Any] = {"_id": obj.id, "t": obj.synk_type, "key": obj.key, "v": obj.version}
+        # A created object not yet through a tick is version 1 once it is.
+        version = obj.version or 1
+        doc: dict[str, Any] = {"_id": obj.id, "t": obj.synk_type, "key": obj.key, "v": version}
         doc.update(obj.state())
         return doc
 
@@ -454,6 +457,29 @@ class World:
             del self._created[oid]
             self._publish(obj)
         return obj
+
+    # -- durability --------------------------------------------------------------------------
+
+    def add_flusher(self, flush: Callable[[], Awaitable[None]]) -> None:
+        """Registers what `flush` waits for (the persistence's write-behind)."""
+        self._flushers.append(flush)
+
+    async def flush(self) -> None:
+        """Returns when everything changed so far is durable (at once without a store)."""
+        for flush in self._flushers:
+            await flush()
+
+    def uncommitted_ids(self) -> tuple[list[str], list[str]]:
+        """The ids changed and deleted since the last tick: (changed, deleted)."""
+        changed = {o.id for o in self._dirty}
+        changed.update(self._created)
+        cols = self._cols
+        top = cols.top
+        moved = cols.tracked[:top] & (
+            (cols.pos[0][:top] != cols.prev[0][:top]) | (cols.pos[1][:top] != cols.prev[1][:top])
+        )
+        changed.update(cols.ids[:top][moved].tolist())
+        return sorted(changed), sorted(self._deleted)
 
     # -- internals -------------------------------------------------------------------------
 
