@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,7 +66,12 @@ class Connection:
     """Pumps one client's WebSocket: a reader answers messages, a writer drains the queue."""
 
     def __init__(
-        self, server: Server, ws: web.WebSocketResponse, session: Session, identity: Any
+        self,
+        server: Server,
+        ws: web.WebSocketResponse,
+        session: Session,
+        identity: Any,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.server = server
         self.ws = ws
@@ -78,7 +84,11 @@ class Connection:
         limits = server.limits
         self._bucket = TokenBucket(limits.rate_limit_per_s, limits.rate_limit_burst, time.monotonic)
         self._errors: deque[float] = deque()
+        self._writing = False
+        self._transport = transport
         session.on_queued = self._wake.set
+        if transport is not None:
+            session.direct_write = self._direct_write
 
     def close_soon(self, code: int, reason: str) -> None:
         """Closes the connection once what is queued now has been written."""
@@ -104,6 +114,29 @@ class Connection:
 
     # -- writing ------------------------------------------------------------------------
 
+    def _direct_write(self, frame: bytes) -> bool:
+        """Writes a text frame straight to the socket when nothing is waiting before it.
+
+        Only when the writer task is idle (so frames cannot be reordered) and the
+        transport's buffer is below its high-water mark (so a slow client still
+        falls back to the bounded queue and goes lagging). Frames are not
+        compressed, so a frame is one header and the payload in one write.
+        """
+        t = self._transport
+        if (
+            self._writing
+            or t is None
+            or t.is_closing()
+            or self.close_code is not None
+            or t.get_write_buffer_size() > self.server.limits.socket_buffer_max_bytes
+        ):
+            return False
+        t.write(_text_frame_header(len(frame)) + frame)
+        metrics = self.server.metrics
+        metrics.frames_written += 1
+        metrics.bytes_written += len(frame)
+        return True
+
     async def _write_loop(self) -> None:
         ws = self.ws
         session = self.session
@@ -112,12 +145,14 @@ class Connection:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self._writing = True
                 while (frame := session.pop()) is not None:
                     if ws.closed:
                         return
                     await ws.send_frame(frame, WSMsgType.TEXT)
                     metrics.frames_written += 1
                     metrics.bytes_written += len(frame)
+                self._writing = False
                 if self.close_code is not None:
                     await ws.close(code=self.close_code, message=self.close_reason.encode())
                     return
@@ -192,3 +227,12 @@ class Connection:
                 "session %s: closed after %d errors in %gs", self.session.sid, len(errors), window
             )
             self.close_soon(CLOSE_CODES["policy_violation"], "too many bad messages")
+
+
+def _text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final, uncompressed WebSocket text frame (RFC 6455 5.2)."""
+    if length < 126:
+        return struct.pack("!BB", 0x81, length)
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)

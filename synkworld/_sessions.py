@@ -63,6 +63,8 @@ class Session:
         self.send_queue_max_frames = send_queue_max_frames
         self.send_queue_max_bytes = send_queue_max_bytes
         self.on_queued = on_queued
+        # Set by the transport: writes a frame at once if the socket can take it.
+        self.direct_write: Callable[[bytes], bool] | None = None
         self.held: set[str] = set()
         self.wanted: set[str] = set()
         self.lagging_since: float | None = None
@@ -148,6 +150,13 @@ class Session:
         """Queues a frame if it fits; else drops it, marks the session lagging, returns False."""
         if self.closed:
             return False
+        direct = self.direct_write
+        if direct is not None and not self._queue and direct(frame):
+            # The common case: an idle, healthy socket takes the frame now, and no
+            # writer task has to wake up for it.
+            self.frames_sent += 1
+            self.bytes_sent += len(frame)
+            return True
         if (
             len(self._queue) >= self.send_queue_max_frames
             or self._queued_bytes + len(frame) > self.send_queue_max_bytes
