@@ -40,6 +40,7 @@ from synkworld._tick import DeliveryReport, SnapshotSource, TickLoop, TickStatis
 from synkworld._world import TickChanges, World, WorldStatistics
 
 if TYPE_CHECKING:
+    from synkworld._persistence import LoadReport, Persistence, load_documents
     from synkworld._server import Limits, Server, request_token
 
 __version__ = "0.1.0"
@@ -47,6 +48,9 @@ __version__ = "0.1.0"
 # The transport is loaded on first use, so that the core (`synkworld._grid`, …)
 # can be imported without aiohttp: tests/test_layering.py checks that.
 _LAZY = {
+    "LoadReport": "synkworld._persistence",
+    "Persistence": "synkworld._persistence",
+    "load_documents": "synkworld._persistence",
     "Limits": "synkworld._server",
     "Server": "synkworld._server",
     "request_token": "synkworld._server",
@@ -85,7 +89,9 @@ __all__ = [
     "GridMap",
     "HandlerFailedError",
     "Limits",
+    "LoadReport",
     "NoHandlerError",
+    "Persistence",
     "ProtocolError",
     "RateLimitedError",
     "Server",
@@ -107,6 +113,7 @@ __all__ = [
     "WorldStatistics",
     "deliver_frames",
     "is_grid_key",
+    "load_documents",
     "object_type",
     "registered_types",
     "request_token",

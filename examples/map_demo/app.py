@@ -1,0 +1,64 @@
+"""Builds the demo server: loads the world from its store, or makes a fresh one."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from examples.map_demo.world import Agent, Avatar, DemoSettings, Wanderers, build_world, install
+from synkworld import GridMap, Server, World, load_documents
+from synkworld.store import SQLiteStore, Store
+
+log = logging.getLogger("synkworld.demo")
+
+ROOT = Path(__file__).resolve().parents[2]
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+async def open_store(db_path: str | None, mongo_uri: str | None) -> Store:
+    """The embedded SQLite store, or MongoDB when a URI is given."""
+    if mongo_uri:
+        from synkworld.store import MongoStore
+
+        return MongoStore.connect(mongo_uri, "synkworld_demo")
+    path = Path(db_path or ROOT / ".cache" / "demo" / "world.sqlite3")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(path)
+
+
+async def make_demo_server(
+    settings: DemoSettings,
+    store: Store,
+    *,
+    test_hooks: bool = False,
+) -> Server:
+    """The demo server on `store`: the stored world if there is one, else a new one."""
+    docs = await store.load()
+    if docs:
+        s = settings.map_size
+        world = World(
+            GridMap(cell_size=settings.cell_size, bounds=(0, 0, s, s), precision=0),
+            initial_capacity=len(docs) + 256,
+        )
+        report = load_documents(world, docs, skip_bad=True)
+        # Avatars belong to connections, which did not survive the restart.
+        for obj in list(world):
+            if isinstance(obj, Avatar):
+                world.delete(obj)
+        agents = [o for o in world if isinstance(o, Agent)]
+        wanderers = Wanderers(world, agents, s, settings.seed + 1)
+        log.info(
+            "loaded %d objects from the store (%d skipped)", report.loaded, len(report.skipped)
+        )
+    else:
+        world, wanderers = build_world(settings)
+        log.info("new world: %d agents", settings.agents)
+    server = Server(
+        world,
+        tick_rate_hz=settings.tick_rate_hz,
+        web_root=STATIC,
+        static_dirs={"/web": ROOT / "web"},
+    )
+    server.persist(store)
+    install(server, settings, wanderers, test_hooks=test_hooks)
+    return server
