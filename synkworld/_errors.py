@@ -11,7 +11,8 @@ Callers catch the bases; the code raises the leaves::
     │   ├── UnknownObjectError
     │   └── DuplicateIdError
     ├── StoreError             persistence failed
-    │   └── StoreUnavailableError   the database cannot be reached (retry later)
+    │   ├── StoreUnavailableError   the database cannot be reached (retry later)
+    │   └── DocumentRejectedError   the store refuses one document for good
     └── ProtocolError          a client message is refused; carries the wire code
         ├── BadJsonError            bad_json
         ├── BadMessageError         bad_message
@@ -74,6 +75,15 @@ class StoreError(SynkError):
 
 class StoreUnavailableError(StoreError):
     """The database cannot be reached now; the write is kept and retried."""
+
+
+class DocumentRejectedError(StoreError):
+    """The store refuses a document for good: retrying the same document cannot succeed."""
+
+    def __init__(self, reason: str, *, doc_id: str | None = None) -> None:
+        super().__init__(reason if doc_id is None else f"document {doc_id!r}: {reason}")
+        self.reason = reason
+        self.doc_id = doc_id
 
 
 class ProtocolError(SynkError):

@@ -17,15 +17,6 @@ stores' validation raises internally.
 
 from __future__ import annotations
 
-from synkworld._errors import StoreError, StoreUnavailableError
+from synkworld._errors import DocumentRejectedError, StoreError, StoreUnavailableError
 
 __all__ = ["DocumentRejectedError", "StoreError", "StoreUnavailableError"]
-
-
-class DocumentRejectedError(StoreError):
-    """The store refuses a document for good: retrying the same document cannot succeed."""
-
-    def __init__(self, reason: str, *, doc_id: str | None = None) -> None:
-        super().__init__(reason if doc_id is None else f"document {doc_id!r}: {reason}")
-        self.reason = reason
-        self.doc_id = doc_id
