@@ -10,7 +10,7 @@ test:            ## the whole suite: lint, types, web/ tests, pytest (FerretDB, 
 
 demo:            ## the demo map at http://127.0.0.1:$(PORT)/ with the embedded SQLite store
 	scripts/bootstrap.sh python
-	.venv/bin/synkworld demo --port $(PORT) --agents $(AGENTS) $(ARGS)
+	.venv/bin/python -m examples.map_demo --port $(PORT) --agents $(AGENTS) $(ARGS)
 
 bench:           ## the grid-world load test; results in bench/results/
 	scripts/bootstrap.sh python

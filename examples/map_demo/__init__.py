@@ -1,0 +1,1 @@
+"""The demo map: wandering agents, landmarks, markers that persist, and one avatar per tab."""

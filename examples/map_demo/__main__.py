@@ -1,0 +1,51 @@
+"""Runs the demo map: ``python -m examples.map_demo --port 8080`` (what `make demo` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from examples.map_demo.app import make_demo_server, open_store
+from examples.map_demo.world import DemoSettings
+
+
+def main() -> None:
+    d = DemoSettings()
+    p = argparse.ArgumentParser(prog="map_demo", description="The synkworld demo map.")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--agents", type=int, default=d.agents, help="wandering agents in a new world")
+    p.add_argument("--map-size", type=float, default=d.map_size, help="map width and height")
+    p.add_argument("--cell-size", type=float, default=d.cell_size, help="grid cell size")
+    p.add_argument("--tick-rate", type=float, default=d.tick_rate_hz, help="ticks per second")
+    p.add_argument("--db", default=None, help="SQLite file [.cache/demo/world.sqlite3]")
+    p.add_argument("--mongo", default=None, metavar="URI", help="use MongoDB instead of SQLite")
+    p.add_argument("--test-hooks", action="store_true", help="expose the truth handler for tests")
+    a = p.parse_args()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    settings = DemoSettings(
+        agents=a.agents, map_size=a.map_size, cell_size=a.cell_size, tick_rate_hz=a.tick_rate
+    )
+
+    async def run() -> None:
+        store = await open_store(a.db, a.mongo)
+        server = await make_demo_server(settings, store, test_hooks=a.test_hooks)
+        async with server.running(a.host, a.port) as url:
+            print(f"\n  synkworld demo: open {url}/ in a browser\n", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            import signal
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
