@@ -59,6 +59,8 @@ async def make_demo_server(
         web_root=STATIC,
         static_dirs={"/web": ROOT / "web"},
     )
-    server.persist(store)
+    # Agents move every tick; writing them once a second keeps the store light and
+    # loses at most a second of wandering on a crash (markers are flushed at shutdown).
+    server.persist(store, write_interval_s=1.0)
     install(server, settings, wanderers, test_hooks=test_hooks)
     return server

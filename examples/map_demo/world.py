@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -158,10 +159,11 @@ def install(
     world = server.world
     size = settings.map_size
     avatars: dict[str, Avatar] = {}
+    joined = itertools.count(1)
     server.simulation(wanderers.step)
 
     def on_connect(session: Session) -> None:
-        i = len(avatars) + 1
+        i = next(joined)
         avatar = world.create(
             Avatar(
                 id=f"avatar-{session.sid}",
