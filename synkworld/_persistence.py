@@ -67,6 +67,7 @@ class Persistence:
         max_pending_objects: int = 1_000_000,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
+        write_interval_s: float = 0.0,
     ) -> None:
         self.world = world
         self.store = store
@@ -76,6 +77,7 @@ class Persistence:
             max_pending_objects=max_pending_objects,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
+            write_interval_s=write_interval_s,
         )
         world.add_flusher(self.flush)
 

@@ -108,6 +108,7 @@ class WriteBehind:
         max_pending_objects: int = 1_000_000,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 5.0,
+        write_interval_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_pending_objects <= 0:
@@ -122,6 +123,12 @@ class WriteBehind:
         self._max_pending = max_pending_objects
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
+        if write_interval_s < 0:
+            raise ValueError(f"write_interval_s is not negative, not {write_interval_s!r}")
+        # Between two writes, marks gather: an object moving every tick is then
+        # written once per interval, not once per tick. flush() cuts the wait short.
+        self._write_interval_s = write_interval_s
+        self._hurry = asyncio.Event()
         self._clock = clock
 
         # id -> True to delete, False to upsert; insertion-ordered.
@@ -188,6 +195,7 @@ class WriteBehind:
         target = self._marked_seq
         if self._durable_seq >= target:
             return
+        self._hurry.set()
         if self._state == "stopped":
             raise StoreError(self._unwritten_message())
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -215,6 +223,12 @@ class WriteBehind:
                     continue
                 if await self._write_pending():
                     delay = self._retry_initial_s
+                    if self._write_interval_s > 0 and not self._hurry.is_set():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(self._write_interval_s):
+                                await self._hurry.wait()
+                    if not self._waiters:
+                        self._hurry.clear()
                 else:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
@@ -246,6 +260,7 @@ class WriteBehind:
             if abandoned:
                 self._stop.set()
             self._wake.set()
+            self._hurry.set()
             task, self._task = self._task, None
             if task is not None:
                 if abandoned:

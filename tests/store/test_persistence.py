@@ -238,3 +238,27 @@ async def test_server_shutdown_flushes_the_store(tmp_path: Path) -> None:
         docs = {d["_id"]: d for d in await check.load()}
     assert docs == {crate.id: world.document(crate)}
     assert docs[crate.id]["hp"] == 77
+
+
+async def test_write_interval_merges_ticks_and_flush_cuts_it_short(tmp_path: Path) -> None:
+    world = new_world()
+    loop = TickLoop(world)
+    crates = [world.create(Crate(x=i, y=i)) for i in range(50)]
+    async with Persistence(world, SQLiteStore(tmp_path / "w.sqlite3"), write_interval_s=30) as p:
+        loop.on_changes(p.on_changes)
+        loop.step()
+        await asyncio.sleep(0.2)  # the first write happens at once
+        assert p.statistics().writes_done == 1
+        for _ in range(10):
+            for c in crates:
+                world.move(c, c.x + 1, c.y)
+            loop.step()
+            await asyncio.sleep(0.01)
+        assert p.statistics().writes_done == 1  # ten ticks of motion wait for the interval
+        await asyncio.wait_for(world.flush(), timeout=5)
+        st = p.statistics()
+        assert st.writes_done == 2
+        assert st.objects_written == 100  # each object once per write, however many ticks
+        final = world.documents([c.id for c in crates])
+    async with SQLiteStore(tmp_path / "w.sqlite3") as check:
+        assert {d["_id"]: d for d in await check.load()} == final
