@@ -66,7 +66,8 @@ class Session:
         # Set by the transport: writes a frame at once if the socket can take it.
         self.direct_write: Callable[[bytes], bool] | None = None
         self.held: set[str] = set()
-        self.wanted: set[str] = set()
+        self._wanted: set[str] = set()
+        self._wanted_changed = False
         self.lagging_since: float | None = None
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -119,9 +120,22 @@ class Session:
             )
         return wanted
 
+    @property
+    def wanted(self) -> set[str]:
+        """The keys the client asked for since its last frame (held from the next frame on)."""
+        return self._wanted
+
+    @wanted.setter
+    def wanted(self, keys: set[str]) -> None:
+        self._wanted = keys
+        self._wanted_changed = True
+
     def take_subscription_change(self) -> tuple[list[str], list[str]]:
         """Makes the wanted keys held; returns (added, removed), sorted."""
-        wanted, held = self.wanted, self.held
+        if not self._wanted_changed:
+            return [], []  # the common case, checked without comparing two sets
+        self._wanted_changed = False
+        wanted, held = self._wanted, self.held
         if wanted == held:
             return [], []
         added = sorted(wanted - held)
