@@ -107,6 +107,24 @@ async def _serve(spec: str, options: ServeOptions) -> None:
     await server.serve_forever(options.host, options.port)
 
 
+def _from_checkout(command: str, rest: list[str]) -> int:
+    """Runs the demo or the load test, which live in the repository, not the package."""
+    module = "examples.map_demo.__main__" if command == "demo" else "bench.gridworld"
+    sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        sys.stderr.write(
+            f"synkworld {command}: run it from a synkworld checkout (no {module} here)\n"
+        )
+        return 2
+    if command == "demo":
+        sys.argv = ["synkworld demo", *rest]
+        mod.main()
+        return 0
+    return int(mod.main(rest))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the `synkworld` command."""
     parser = argparse.ArgumentParser(prog="synkworld", description="synkworld: map-based worlds")
@@ -116,7 +134,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("factory", help="module:callable returning a synkworld.Server")
     _add_serve_flags(serve, port=8080)
-    a = parser.parse_args(argv)
+    commands.add_parser(
+        "demo", help="run the demo map (from a checkout): same flags as python -m examples.map_demo"
+    )
+    commands.add_parser(
+        "bench", help="run the grid-world load test (from a checkout): see bench/README.md"
+    )
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("demo", "bench"):
+        return _from_checkout(args[0], args[1:])
+    a = parser.parse_args(args)
     logging.basicConfig(
         level=getattr(logging, str(a.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

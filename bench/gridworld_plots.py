@@ -1,0 +1,202 @@
+"""PNG plots of grid-world results (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+
+__all__ = ["plot_result"]
+
+_COLORS = {"synkworld": "tab:blue", "naive": "tab:red"}
+_PARTS = [
+    ("envelope", "frame envelope"),
+    ("per_cell_overhead", "per-cell overhead"),
+    ("mv_ids", "mv ids"),
+    ("mv_numbers", "mv numbers"),
+    ("mod_add_rem_entries", "add/mod/rem entries"),
+    ("sub_and_snapshots", "sub + snapshots"),
+]
+
+
+def _title(sc: dict[str, Any]) -> str:
+    return (
+        f"grid-world E={sc['entities']} C={sc['clients']} "
+        f"{sc['tick_rate_hz']:g} Hz, {sc['seconds']:g} s measured"
+    )
+
+
+def plot_result(result: dict[str, Any], out: Path) -> list[Path]:
+    """Writes the plots a result calls for into `out`; returns their paths.
+
+    A run's plots are named after its size (``E10000-C500_ticks.png``), so that
+    runs of several sizes can sit side by side; sweeps write ``sweep_<axis>.png``.
+    """
+    paths: list[Path] = []
+    if "runs" in result:
+        paths += _plot_runs(result, out)
+    for axis, points in result.get("sweeps", {}).items():
+        paths.append(_plot_sweep(result["scenario"], axis, points, out))
+    return paths
+
+
+def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
+    runs: dict[str, Any] = result["runs"]
+    sc = result["scenario"]
+    title = _title(sc)
+    tag = f"E{sc['entities']}-C{sc['clients']}"
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for name, run in runs.items():
+        ys = run["series"]["tick_ms"]
+        s = run["server"]
+        ax.plot(
+            range(len(ys)),
+            ys,
+            lw=0.8,
+            color=_COLORS.get(name),
+            label=f"{name}: p50 {s['tick_ms_p50']:.1f}, p99 {s['tick_ms_p99']:.1f} ms, "
+            f"{s['cpu_ms_per_tick']:.1f} ms CPU/tick",
+        )
+    ax.axhline(40, ls="--", color="gray", lw=1, label="p99 target 40 ms")
+    ax.axhline(1000 / sc["tick_rate_hz"], ls=":", color="black", lw=1, label="tick period")
+    ax.set_xlabel("tick in the measured window")
+    ax.set_ylabel("tick duration (ms, server side)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / f"{tag}_ticks.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, run in runs.items():
+        qs = run["series"]["latency_ms_quantiles"]
+        ax.plot(qs, [q / 100 for q in range(len(qs))], color=_COLORS.get(name), label=name)
+        limit = run["latency_ms"]["limit_p99"]
+    ax.axvline(limit, ls="--", color="gray", lw=1, label=f"p99 target {limit:g} ms")
+    ax.set_xlabel("change-to-client latency (ms): arrival minus tick start")
+    ax.set_ylabel("fraction of sampled frames")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / f"{tag}_latency.png"))
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, run in runs.items():
+        kib = [v / 1024 for v in run["series"]["bytes_per_client_s"]]
+        ax.hist(kib, bins=40, alpha=0.6, color=_COLORS.get(name), label=name)
+    ax.axvline(20, ls="--", color="gray", lw=1, label="20 KiB/s (target at E=2000, C=100)")
+    ax.set_xlabel("KiB received per client per second")
+    ax.set_ylabel("clients")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / f"{tag}_clients.png"))
+
+    fig, ax = plt.subplots(figsize=(9, 2.2 + 0.6 * len(runs)))
+    names = list(runs)
+    for row, name in enumerate(names):
+        per_frame = runs[name]["frame_breakdown"]["bytes_per_frame"]
+        left = 0.0
+        for i, (key, label) in enumerate(_PARTS):
+            v = per_frame.get(key, 0.0)
+            ax.barh(row, v, left=left, color=f"C{i}", label=label if row == 0 else None)
+            left += v
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("bytes per tick frame (sampled clients)")
+    ax.set_title("where a frame's bytes go: " + title)
+    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    paths.append(_save(fig, out / f"{tag}_breakdown.png"))
+
+    if len(runs) > 1:
+        fig, axes = plt.subplots(1, 3, figsize=(11, 4))
+        metrics: list[tuple[str, list[float]]] = [
+            ("server CPU ms per tick", [runs[n]["server"]["cpu_ms_per_tick"] for n in names]),
+            ("tick p99 (ms)", [runs[n]["server"]["tick_ms_p99"] for n in names]),
+            (
+                "KiB per client per s",
+                [runs[n]["clients"]["bytes_per_client_s"]["mean"] / 1024 for n in names],
+            ),
+        ]
+        for ax, (label, values) in zip(axes, metrics, strict=True):
+            ax.bar(names, values, color=[_COLORS.get(n, "gray") for n in names])
+            for i, v in enumerate(values):
+                ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+            ax.set_title(label, fontsize=9)
+        fig.suptitle("synkworld vs the naive per-client baseline: " + title, fontsize=9)
+        paths.append(_save(fig, out / f"{tag}_compare.png"))
+    return paths
+
+
+def _plot_sweep(sc: dict[str, Any], axis: str, points: list[dict[str, Any]], out: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    xs = [p["value"] for p in points]
+    for name in ("synkworld", "naive"):
+        rows = [p.get(name) for p in points]
+        if not any(rows):
+            continue
+        color = _COLORS[name]
+        px = [x for x, r in zip(xs, rows, strict=True) if r]
+        got = [r for r in rows if r]
+        left.plot(
+            px, [r["cpu_ms_per_tick"] for r in got], "o-", color=color, label=f"{name}: CPU ms/tick"
+        )
+        left.plot(
+            px,
+            [r["tick_ms_p99"] for r in got],
+            "s--",
+            color=color,
+            alpha=0.6,
+            label=f"{name}: tick p99 ms",
+        )
+        sat = [
+            (x, r["cpu_ms_per_tick"])
+            for x, r in zip(px, got, strict=True)
+            if r["loadgen_saturated"]
+        ]
+        if sat:
+            left.scatter(
+                *zip(*sat, strict=True),
+                marker="x",
+                s=80,
+                color="black",
+                zorder=5,
+                label="load generator saturated" if name == "synkworld" else None,
+            )
+        right.plot(
+            px,
+            [r["bytes_per_client_s"] / 1024 for r in got],
+            "o-",
+            color=color,
+            label=f"{name}: KiB/client/s",
+        )
+        right.plot(
+            px,
+            [r["tick_rate_hz"] for r in got],
+            "^:",
+            color=color,
+            alpha=0.6,
+            label=f"{name}: achieved ticks/s",
+        )
+    left.axhline(1000 / sc["tick_rate_hz"], ls=":", color="black", lw=1, label="tick period")
+    left.set_xlabel(axis)
+    left.set_ylabel("ms")
+    left.legend(fontsize=7)
+    right.set_xlabel(axis)
+    right.legend(fontsize=7)
+    fixed = "C" if axis == "entities" else "E"
+    fixed_v = sc["clients"] if axis == "entities" else sc["entities"]
+    fig.suptitle(
+        f"grid-world cost over {axis} ({fixed}={fixed_v}, {sc['seconds']:g} s per point)",
+        fontsize=10,
+    )
+    return _save(fig, out / f"sweep_{axis}.png")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

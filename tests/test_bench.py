@@ -1,0 +1,204 @@
+"""The grid-world load test (bench/): its client cache, and a small run end to end."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from bench.gridworld_cache import ClientCache, FrameBreakdown, cache_digest, compare_with_truth
+from bench.gridworld_scenario import Motion, Scenario, pan_path, pan_rect
+from synkworld import GridMap, Session, SynkObject, TickLoop, World
+from tests.reference_client import ReferenceClient, world_truth
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Critter(SynkObject, type="bench-test-critter"):
+    x: float
+    y: float
+    hp: int = 10
+
+
+def _as_lists(view: dict[str, tuple[str, int, dict[str, Any], str]]) -> dict[str, list[Any]]:
+    return {oid: [t, v, s, k] for oid, (t, v, s, k) in view.items()}
+
+
+def test_the_bench_cache_applies_frames_like_the_reference_client() -> None:
+    rng = random.Random(3)
+    world = World(GridMap(cell_size=10, bounds=(0, 0, 100, 100)))
+    loop = TickLoop(world)
+    critters = [
+        world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))) for _ in range(60)
+    ]
+    # One roomy session, and one whose queue holds a single frame (it lags and is resynced).
+    sessions = [
+        Session("roomy", world.grid),
+        Session("tight", world.grid, send_queue_max_frames=1),
+    ]
+    clients = {s.sid: (ClientCache(), ReferenceClient()) for s in sessions}
+    hello = {
+        "m": "hello",
+        "tick": 0,
+        "maps": {"main": {"pos": ["x", "y"]}},
+    }
+    for cache, ref in clients.values():
+        cache.apply(dict(hello))
+        ref.apply(dict(hello))
+    for s in sessions:
+        loop.attach(s)
+    for tick in range(60):
+        for c in critters:
+            if c.world is not None:
+                world.move(c, min(99.9, max(0, c.x + rng.uniform(-6, 6))), c.y)
+            if rng.random() < 0.1 and c.world is not None:
+                c.hp = rng.randrange(100)
+        if tick % 7 == 3:
+            world.delete(critters.pop(rng.randrange(len(critters))))
+            critters.append(world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))))
+        if tick % 5 == 0:
+            for s in sessions:
+                x, y = rng.uniform(0, 60), rng.uniform(0, 60)
+                s.view("main", (x, y, x + 30, y + 20), 1)
+        loop.step()
+        for s in sessions:
+            if s.sid == "tight" and tick % 4:
+                continue  # reads only now and then
+            cache, ref = clients[s.sid]
+            while (frame := s.pop()) is not None:
+                cache.apply(orjson.loads(frame))
+                ref.apply(frame)
+    for _ in range(2):  # a lagging session gets its resync once its queue has drained
+        for s in sessions:
+            cache, ref = clients[s.sid]
+            while (frame := s.pop()) is not None:
+                cache.apply(orjson.loads(frame))
+                ref.apply(frame)
+        loop.step()
+    for s in sessions:
+        cache, ref = clients[s.sid]
+        while (frame := s.pop()) is not None:
+            cache.apply(orjson.loads(frame))
+            ref.apply(frame)
+        assert not s.lagging
+        assert cache.violations == 0, cache.violation_examples
+        assert cache.held == ref.held == s.held
+        assert cache.view()["objs"] == _as_lists(ref.view())
+        truth = {"held": sorted(s.held), "objs": _as_lists(world_truth(world, s.held))}
+        assert compare_with_truth(cache.view(), truth) == (0, [])
+    assert clients["tight"][0].resyncs > 0
+
+
+def test_compare_with_truth_names_the_differences() -> None:
+    view = {"held": ["main:0:0"], "objs": {"a": ["t", 2, {"x": 1.0}, "main:0:0"]}}
+    truth = {"held": ["main:0:0"], "objs": {"a": ["t", 3, {"x": 1.5}, "main:0:0"]}}
+    count, examples = compare_with_truth(view, truth)
+    assert count == 1 and "a: client" in examples[0]
+    assert cache_digest(view) != cache_digest(truth)
+
+
+def test_breakdown_parts_add_up_to_the_frame() -> None:
+    msg = {
+        "m": "tick",
+        "n": 7,
+        "b": [
+            {"k": "main:1:2", "mv": [["e1", "e22"], [1.5, 20.0], [3.0, 4.25]]},
+            {
+                "k": "main:1:3",
+                "mod": [{"id": "e3", "v": 4, "d": {"hp": 3}}],
+                "mv": [["e4"], [1], [2]],
+            },
+        ],
+        "sub": {"add": ["main:9:9"]},
+        "snap": [{"k": "main:9:9", "objs": []}],
+    }
+    raw = orjson.dumps(msg)
+    b = FrameBreakdown()
+    b.add(raw, msg)
+    parts = b.summary()["bytes_per_frame"]
+    assert sum(parts.values()) == pytest.approx(len(raw))
+    assert b.mv_entities == 3 and b.mod_add_rem_entities == 1 and b.batches == 2
+
+
+def test_scenario_motion_and_panning_stay_inside_the_map() -> None:
+    sc = Scenario(entities=200, map_size=1000.0, speed=5000.0)  # fast: many bounces
+    m = Motion(sc)
+    for _ in range(50):
+        m.step()
+        assert (m.xs >= 0).all() and (m.xs < sc.map_size).all()
+        assert (m.ys >= 0).all() and (m.ys < sc.map_size).all()
+    idx, hps = m.hp_step()
+    assert len(idx) == len(set(idx)) == 2 and all(0 <= h < 100 for h in hps)
+    path = pan_path(Scenario(), 5)
+    for t in (0.0, 1.0, 77.7, 1000.0):
+        x0, y0, x1, y1 = pan_rect(Scenario(), path, t)
+        assert 0 <= x0 <= x1 <= 10_000 and 0 <= y0 <= y1 <= 10_000
+        assert x1 - x0 == pytest.approx(1000, abs=0.2) and y1 - y0 == pytest.approx(750, abs=0.2)
+
+
+RUN_FIELDS = {
+    "server": {
+        "cpu_ms_per_tick",
+        "cpu_ms_per_tick_p50",
+        "cpu_ms_per_tick_p99",
+        "cpu_percent_of_core",
+        "ticks",
+        "tick_rate_hz",
+        "tick_ms_p50",
+        "tick_ms_p99",
+        "tick_ms_max",
+        "peak_rss_mb",
+        "frames_dropped",
+        "resyncs",
+    },
+    "clients": {
+        "connected",
+        "bytes_per_client_s",
+        "frames_per_client_s",
+        "bytes_per_entity_per_tick",
+    },
+    "latency_ms": {"p50", "p99", "max", "samples", "limit_p99"},
+    "correctness": {"ok", "settled", "clients_checked", "objects_checked", "digests"},
+    "loadgen": {"procs", "cpu_percent", "cpu_percent_total", "loop_lag_ms", "saturated"},
+    "frame_breakdown": {"bytes_per_frame", "share", "bytes_per_entity_update"},
+}
+
+
+@pytest.mark.timeout(120)
+def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.gridworld",
+        *("--entities", "500", "--clients", "20", "--seconds", "3", "--warmup", "1"),
+        *("--sample-clients", "6", "--compare-naive", "--quiet", "--out", str(tmp_path)),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert (tmp_path / "gridworld-E500-C20.json").exists()
+    assert {"command", "machine", "scenario", "runs", "targets", "ratios"} <= result.keys()
+    assert set(result["runs"]) == {"synkworld", "naive"}
+    for name, run in result["runs"].items():
+        for section, fields in RUN_FIELDS.items():
+            missing = fields - run[section].keys()
+            assert not missing, f"{name}.{section} lacks {missing}"
+        assert run["correctness"]["ok"], run["correctness"]
+        assert run["correctness"]["clients_checked"] == 6
+        assert run["correctness"]["objects_checked"] > 0
+        assert run["clients"]["connected"] == 20
+        assert run["server"]["ticks"] > 0 and run["latency_ms"]["samples"] > 0
+        assert run["clients"]["bytes_per_client_s"]["mean"] > 0
+    assert result["runs"]["synkworld"]["scenario"]["mode"] == "shared"
+    assert result["runs"]["naive"]["scenario"]["mode"] == "per-client"
+    ratios = result["ratios"]
+    assert ratios["cpu_ms_per_tick"]["synkworld_over_naive"] > 0
+    # The same world, the same final viewports: the naive frames leave the same caches.
+    assert ratios["same_client_caches"] is True
+    for png in ("ticks", "latency", "clients", "breakdown", "compare"):
+        assert (tmp_path / f"E500-C20_{png}.png").stat().st_size > 1000
