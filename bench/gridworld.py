@@ -62,7 +62,7 @@ class Options:
     profile: bool = False
     label: str = ""
     cpus: tuple[int, ...] | None = None  # the CPUs to spread over; None: this process's
-    freeze_wait_s: float = 20.0
+    freeze_wait_s: float = 60.0
 
 
 # -- child processes ----------------------------------------------------------------------
@@ -202,8 +202,8 @@ def _r(v: float, nd: int = 2) -> float:
 
 def _cpus(opts: Options) -> tuple[int | None, list[int | None]]:
     """The server's CPU and the CPUs the load generators may use."""
-    if not opts.pin:
-        return None, [None]
+    if not opts.pin or not hasattr(os, "sched_getaffinity"):
+        return None, [None]  # pinning is Linux-only
     cpus = sorted(opts.cpus if opts.cpus is not None else os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None, [None]
@@ -252,14 +252,17 @@ async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
 
         procs = max(1, min(sc.loadgen_procs, sc.clients))
         sampled = sc.sampled()
+        # Round robin, the sampled clients apart: each process decodes its share of them.
+        sampled_set = set(sampled)
+        others = [i for i in range(sc.clients) if i not in sampled_set]
+        shares = [sampled[k::procs] + others[k::procs] for k in range(procs)]
         loadgens: list[Child] = []
         for k in range(procs):
-            indices = list(range(k, sc.clients, procs))
             config = {
                 "url": url,
                 "scenario": sc.to_json(),
-                "indices": indices,
-                "sampled": [i for i in sampled if i % procs == k],
+                "indices": sorted(shares[k]),
+                "sampled": sampled[k::procs],
                 "breakdown_every": opts.breakdown_every,
                 "connect_concurrency": opts.connect_concurrency,
             }
@@ -692,6 +695,7 @@ def _sweep_point(r: dict[str, Any]) -> dict[str, Any]:
             "latency_ms_p99": run["latency_ms"]["p99"],
             "correct": run["correctness"]["ok"],
             "loadgen_saturated": run["loadgen"]["saturated"],
+            "loadgen_saturation_reasons": run["loadgen"]["saturation_reasons"],
             "loadgen_cpu_percent": run["loadgen"]["cpu_percent_total"],
         }
 
@@ -766,12 +770,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     h.add_argument(
         "--freeze-wait",
         type=float,
-        default=20.0,
+        default=60.0,
         help="seconds to wait after the window for the server's last motion tick",
     )
     h.add_argument("--out", type=Path, default=DEFAULT_OUT)
     h.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     h.add_argument("--no-plots", action="store_true")
+    h.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only draw the plots of a results file again, beside it",
+    )
     h.add_argument("--quiet", action="store_true", help="no progress bar")
     h.add_argument(
         "--profile",
@@ -875,6 +886,12 @@ def _summary_line(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the load test from the command line; returns the exit status (0 when it ran)."""
     a = parse_args(argv)
+    if a.replot is not None:
+        from bench.gridworld_plots import plot_result
+
+        for path in plot_result(orjson.loads(a.replot.read_bytes()), a.replot.parent):
+            sys.stderr.write(f"plot: {path}\n")
+        return 0
     sc = _scenario(a)
     opts = Options(
         out=a.out,
@@ -883,7 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plots=not a.no_plots,
         breakdown_every=a.breakdown_every,
         profile=a.profile,
-        cpus=tuple(sorted(os.sched_getaffinity(0))),
+        cpus=tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None,
         freeze_wait_s=a.freeze_wait,
     )
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -95,7 +95,7 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / f"{tag}_clients.png"))
 
-    fig, ax = plt.subplots(figsize=(9, 2.2 + 0.6 * len(runs)))
+    fig, ax = plt.subplots(figsize=(9, 2.6 + 0.6 * len(runs)))
     names = list(runs)
     for row, name in enumerate(names):
         per_frame = runs[name]["frame_breakdown"]["bytes_per_frame"]
@@ -107,7 +107,7 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("bytes per tick frame (sampled clients)")
     ax.set_title("where a frame's bytes go: " + title)
-    ax.legend(fontsize=7, ncol=3, loc="lower right")
+    ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     paths.append(_save(fig, out / f"{tag}_breakdown.png"))
 
     if len(runs) > 1:
@@ -132,6 +132,7 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
 
 def _plot_sweep(sc: dict[str, Any], axis: str, points: list[dict[str, Any]], out: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rate = right.twinx()
     xs = [p["value"] for p in points]
     for name in ("synkworld", "naive"):
         rows = [p.get(name) for p in points]
@@ -172,20 +173,26 @@ def _plot_sweep(sc: dict[str, Any], axis: str, points: list[dict[str, Any]], out
             color=color,
             label=f"{name}: KiB/client/s",
         )
-        right.plot(
+        rate.plot(
             px,
             [r["tick_rate_hz"] for r in got],
             "^:",
             color=color,
             alpha=0.6,
-            label=f"{name}: achieved ticks/s",
+            label=f"{name}: achieved ticks/s (right axis)",
         )
     left.axhline(1000 / sc["tick_rate_hz"], ls=":", color="black", lw=1, label="tick period")
     left.set_xlabel(axis)
     left.set_ylabel("ms")
     left.legend(fontsize=7)
+    rate.axhline(sc["tick_rate_hz"], ls=":", color="gray", lw=1)
+    rate.set_ylim(0, sc["tick_rate_hz"] * 1.1)
+    rate.set_ylabel("achieved ticks/s")
     right.set_xlabel(axis)
-    right.legend(fontsize=7)
+    right.set_ylabel("KiB per client per second")
+    lines = right.get_legend_handles_labels()
+    more = rate.get_legend_handles_labels()
+    right.legend(lines[0] + more[0], lines[1] + more[1], fontsize=7)
     fixed = "C" if axis == "entities" else "E"
     fixed_v = sc["clients"] if axis == "entities" else sc["entities"]
     fig.suptitle(
