@@ -13,7 +13,6 @@ from typing import Any, Final
 
 import orjson
 
-from synkworld._batch import Batch
 from synkworld._errors import BadJsonError, BadMessageError, ProtocolError, UnknownMessageError
 
 __all__ = [
@@ -283,14 +282,3 @@ def encode_error(code: str, message: str, call_id: int | None = None) -> bytes:
 def encode_pong(t: int | float, tick: int) -> bytes:
     """The answer to a ping."""
     return orjson.dumps({"m": "pong", "t": t, "n": tick})
-
-
-def batch_bytes(batches: Mapping[str, Batch], keys: Iterable[str]) -> list[bytes]:
-    """The ready bytes of the batches of the given keys that exist."""
-    get = batches.get
-    out = []
-    for k in keys:
-        b = get(k)
-        if b is not None:
-            out.append(b.data)
-    return out
