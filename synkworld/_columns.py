@@ -67,7 +67,7 @@ class Columns:
         self.code[slot] = UNPUBLISHED
         self._free.append(slot)
 
-    def check_position(self, slot: int, axis: int, value: float) -> None:
+    def check_position(self, slot: int, value: float) -> None:
         """Refuses a coordinate too far from its map's origin for a cell code."""
         if abs(value) > self.limit[slot]:
             raise FieldError(f"position {value} is outside the range a map can index")

@@ -157,7 +157,7 @@ class _PosField:
         else:
             # Motion is found at the tick by comparing the columns with their
             # values at the last tick, so a move needs no dirty bookkeeping here.
-            cols.check_position(obj._slot, self.axis, f)
+            cols.check_position(obj._slot, f)
             cols.pos[self.axis][obj._slot] = f
 
 

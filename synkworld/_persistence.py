@@ -87,9 +87,13 @@ class Persistence:
 
     async def flush(self) -> None:
         """Returns when everything changed so far, committed or not, is durable."""
-        changed, deleted = self.world.uncommitted_ids()
-        self.writer.mark(self.world.tick, changed, deleted)
+        self._mark_uncommitted()
         await self.writer.flush()
+
+    def _mark_uncommitted(self) -> None:
+        changed, deleted = self.world.uncommitted_ids()
+        if changed or deleted:
+            self.writer.mark(self.world.tick, changed, deleted)
 
     async def __aenter__(self) -> Persistence:
         await self.writer.__aenter__()
@@ -98,9 +102,7 @@ class Persistence:
     async def __aexit__(self, *exc: object) -> None:
         """Flushes what is left and closes the store."""
         try:
-            changed, deleted = self.world.uncommitted_ids()
-            if changed or deleted:
-                self.writer.mark(self.world.tick, changed, deleted)
+            self._mark_uncommitted()
             await self.writer.aclose()
         finally:
             await self.store.close()

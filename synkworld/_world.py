@@ -21,7 +21,13 @@ import orjson
 
 from synkworld._batch import Batch, BatchBuilder
 from synkworld._columns import Columns, position_limit
-from synkworld._errors import DuplicateIdError, FieldError, UnknownObjectError, WorldError
+from synkworld._errors import (
+    DocumentError,
+    DuplicateIdError,
+    FieldError,
+    UnknownObjectError,
+    WorldError,
+)
 from synkworld._grid import Grid, GridMap, is_grid_key
 from synkworld._objects import SynkObject, object_type
 
@@ -425,8 +431,6 @@ class World:
         by default it is published at once: no batch, no write. With `announce`
         it reaches subscribers at the next tick like a created object.
         """
-        from synkworld._errors import DocumentError
-
         oid = doc.get("_id")
         if not isinstance(oid, str) or not oid:
             raise DocumentError(f"document {oid!r}: _id must be a non-empty str", doc_id=oid)
