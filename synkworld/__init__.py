@@ -8,7 +8,7 @@ once and sent to every client holding that cell.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from synkworld._batch import Batch
+from synkworld._batch import Batch, TickBatches
 from synkworld._errors import (
     BadArgsError,
     BadJsonError,
@@ -104,6 +104,7 @@ __all__ = [
     "StoreUnavailableError",
     "SynkError",
     "SynkObject",
+    "TickBatches",
     "TickChanges",
     "TickLoop",
     "TickStatistics",

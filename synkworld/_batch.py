@@ -7,12 +7,13 @@ another process's batches byte for byte.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-__all__ = ["Batch", "BatchBuilder"]
+__all__ = ["Batch", "BatchBuilder", "TickBatches"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,32 @@ class Batch:
     key: str
     tick: int
     data: bytes
+
+
+class TickBatches(Mapping[str, Batch]):
+    """One tick's batches by key.
+
+    The bytes are kept in a plain dict, `data`, which frame builders read
+    directly; a `Batch` value is made when one is asked for.
+    """
+
+    __slots__ = ("data", "tick")
+
+    def __init__(self, tick: int, data: dict[str, bytes]) -> None:
+        self.tick = tick
+        self.data = data
+
+    def __getitem__(self, key: str) -> Batch:
+        return Batch(key, self.tick, self.data[key])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.data
 
 
 @dataclass(slots=True)
@@ -34,7 +61,7 @@ class _Parts:
 class BatchBuilder:
     """Collects one tick's outcomes per key, then encodes each key's batch once."""
 
-    __slots__ = ("_motion", "_parts", "tick")
+    __slots__ = ("_motion", "_parts", "_ready", "tick")
 
     def __init__(self, tick: int) -> None:
         self.tick = tick
@@ -42,6 +69,8 @@ class BatchBuilder:
         # Plain motion is kept apart: most keys of a busy tick carry nothing else,
         # and their batches are encoded without going through `_Parts`.
         self._motion: dict[str, list[list[Any]]] = {}
+        # Batches already encoded (motion-only cells written in bulk).
+        self._ready: dict[str, bytes] = {}
 
     def _at(self, key: str) -> _Parts:
         p = self._parts.get(key)
@@ -81,16 +110,24 @@ class BatchBuilder:
         """Records `mv` arrays of many keys at once (key -> [ids, xs, ys])."""
         self._motion.update(motion)
 
+    def ready(self, keys: list[str], data: list[bytes]) -> None:
+        """Records batches of keys that carry nothing else, already encoded."""
+        self._ready.update(zip(keys, data, strict=True))
+
+    def has_entries(self, key: str) -> bool:
+        """Tells whether `key` has per-object entries (add, mod, rem) so far."""
+        return key in self._parts
+
     def rem(self, key: str, obj_id: str) -> None:
         """Records an object deleted from the world while under `key`."""
         self._at(key).rem.append({"id": obj_id})
 
     def keys(self) -> list[str]:
         """The keys touched so far."""
-        return list(self._parts.keys() | self._motion.keys())
+        return list(self._parts.keys() | self._motion.keys() | self._ready.keys())
 
     def messages(self) -> dict[str, dict[str, Any]]:
-        """Every touched key's batch as a message, not yet encoded."""
+        """Every touched key's batch as a message, except those recorded already encoded."""
         out: dict[str, dict[str, Any]] = {}
         motion = self._motion
         for key, p in self._parts.items():
@@ -111,8 +148,9 @@ class BatchBuilder:
                 out[key] = {"k": key, "mv": mv}
         return out
 
-    @staticmethod
-    def encode(tick: int, messages: dict[str, dict[str, Any]]) -> dict[str, Batch]:
-        """Encodes every key's batch message, once each."""
+    def encode(self, messages: dict[str, dict[str, Any]]) -> TickBatches:
+        """Every touched key's batch: the `messages` encoded once each, and the ready ones."""
         dumps = orjson.dumps
-        return {key: Batch(key, tick, dumps(msg)) for key, msg in messages.items()}
+        data = self._ready
+        data.update(zip(messages, map(dumps, messages.values()), strict=True))
+        return TickBatches(self.tick, data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from synkworld._errors import FieldError
 from synkworld._grid import CELL_INDEX_LIMIT
@@ -34,6 +35,8 @@ class Columns:
         # True for live objects with a position that have been through a tick.
         self.tracked = np.empty(0, dtype=bool)
         self.ids = np.empty(0, dtype=object)
+        # Each id as JSON text, NUL-padded to the longest: the motion encoder's rows.
+        self.id_json = np.zeros(0, dtype="S8")
         self._free: list[int] = []
         self._top = 0
         self._grow(max(16, capacity))
@@ -53,6 +56,10 @@ class Columns:
             slot = self._top
             self._top += 1
         self.ids[slot] = obj_id
+        text = orjson.dumps(obj_id)
+        if len(text) > self.id_json.dtype.itemsize:
+            self.id_json = self.id_json.astype(f"S{len(text)}")
+        self.id_json[slot] = text
         self.code[slot] = UNPUBLISHED
         self.ver[slot] = 0
         self.tracked[slot] = False
@@ -63,6 +70,7 @@ class Columns:
     def free(self, slot: int) -> None:
         """Gives a slot back."""
         self.ids[slot] = None
+        self.id_json[slot] = b""
         self.tracked[slot] = False
         self.code[slot] = UNPUBLISHED
         self._free.append(slot)
@@ -87,6 +95,7 @@ class Columns:
         self.limit = grown(self.limit, 0.0)  # type: ignore[assignment]
         self.tracked = grown(self.tracked, False)
         self.ids = grown(self.ids, None)
+        self.id_json = grown(self.id_json, b"")
         self.capacity = capacity
 
 

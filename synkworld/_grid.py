@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,7 @@ class GridMap:
         self._bounds = bounds
         self._cells: dict[tuple[int, int], int] = {}
         self._cell_list: list[tuple[int, int]] = []
+        self._cell_keys: list[str] = []
         self._tree = rtree_index.Index(interleaved=True)
         if bounds is not None and fill:
             holes_set = {(int(cx), int(cy)) for cx, cy in holes}
@@ -112,6 +114,7 @@ class GridMap:
         rid = len(self._cells)
         self._cells[(cx, cy)] = rid
         self._cell_list.append((cx, cy))
+        self._cell_keys.append(self.key(cx, cy))
         # The tree lives in cell-index space, one point per cell, so that a query
         # for a range of cell indices is exact: no float edge cases at borders.
         self._tree.insert(rid, (cx, cy, cx, cy))
@@ -166,7 +169,10 @@ class GridMap:
 
     def key(self, cx: int, cy: int) -> str:
         """The grid key of cell (cx, cy)."""
-        return f"{self.name}:{cx}:{cy}"
+        # Interned: the frame builder looks every held key up in the tick's
+        # batches, and a lookup that finds the very same string object skips
+        # comparing the characters.
+        return sys.intern(f"{self.name}:{cx}:{cy}")
 
     def cells_of(
         self, xs: npt.NDArray[np.float64], ys: npt.NDArray[np.float64]
@@ -206,10 +212,8 @@ class GridMap:
         r = self._range_of_rect(x0, y0, x1, y1, margin=margin, closed=True)
         if not self._cells:
             return []
-        cells = self._cell_list
-        hits = self._tree.intersection((r.cx0, r.cy0, r.cx1, r.cy1))
-        name = self.name
-        return [f"{name}:{cells[i][0]}:{cells[i][1]}" for i in hits]
+        keys = self._cell_keys
+        return [keys[i] for i in self._tree.intersection((r.cx0, r.cy0, r.cx1, r.cy1))]
 
     def _range_of_rect(
         self, x0: float, y0: float, x1: float, y1: float, *, margin: int, closed: bool

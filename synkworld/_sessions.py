@@ -10,6 +10,7 @@ lagging, to be resynced once the queue has drained.
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -100,7 +101,9 @@ class Session:
 
     def plan_sub(self, add: Iterable[str] = (), rem: Iterable[str] = ()) -> set[str]:
         """The wanted keys a `sub` would leave, checked, without changing anything."""
-        add_set, rem_set = set(add), set(rem)
+        # Interned, like the keys the grid makes, so that frame building finds
+        # them in the tick's batches by identity.
+        add_set, rem_set = set(map(sys.intern, add)), set(rem)
         both = add_set & rem_set
         if both:
             raise BadMessageError(f"sub: key {sorted(both)[0]!r} is both added and removed")
@@ -111,7 +114,7 @@ class Session:
 
     def replace_wanted(self, keys: Iterable[str]) -> None:
         """Sets the wanted keys outright, checked against the cap."""
-        self.wanted = self._checked(set(keys))
+        self.wanted = self._checked(set(map(sys.intern, keys)))
 
     def _checked(self, wanted: set[str]) -> set[str]:
         if len(wanted) > self.max_keys:

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from synkworld._batch import Batch
+from synkworld._batch import Batch, TickBatches
 from synkworld._errors import ConfigError
 from synkworld._protocol import encode_resync, encode_tick
 from synkworld._sessions import Session
@@ -66,7 +66,8 @@ class SharedFrames:
     """Frames joined from batches encoded once per key: what synkworld does."""
 
     def __init__(self, batches: Mapping[str, Batch], snapshots: SnapshotSource) -> None:
-        self._get = {k: b.data for k, b in batches.items()}.get
+        data = batches.data if isinstance(batches, TickBatches) else None
+        self._get = (data if data is not None else {k: b.data for k, b in batches.items()}).get
         self._snapshot = snapshots.snapshot
 
     def tick_frame(

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from synkworld._batch import Batch, BatchBuilder
+from synkworld._batch import BatchBuilder, TickBatches
 from synkworld._columns import Columns, position_limit
 from synkworld._errors import (
     DocumentError,
@@ -29,6 +29,7 @@ from synkworld._errors import (
     WorldError,
 )
 from synkworld._grid import Grid, GridMap, is_grid_key
+from synkworld._motion_json import encode_motion, fits, id_rows
 from synkworld._objects import SynkObject, object_type
 
 __all__ = ["TickChanges", "World", "WorldStatistics"]
@@ -38,10 +39,14 @@ _CHANNEL_KEY_MAX = 128
 
 @dataclass(frozen=True, slots=True)
 class TickChanges:
-    """What one tick changed: the encoded batches, and the ids a store must write."""
+    """What one tick changed: the encoded batches, and the ids a store must write.
+
+    `messages` holds the batches as messages, not encoded, only when the tick
+    was committed with ``encode=False``; `batches` then is empty.
+    """
 
     tick: int
-    batches: Mapping[str, Batch]
+    batches: TickBatches
     changed_ids: list[str]
     deleted_ids: list[str]
     messages: Mapping[str, dict[str, Any]]
@@ -84,6 +89,7 @@ class World:
         self._created: dict[str, SynkObject] = {}
         self._deleted: dict[str, str] = {}  # id -> the key clients know it under
         self._snapshots: dict[str, bytes] = {}
+        self._mv_prefixes: dict[str, bytes] = {}
         self._flushers: list[Callable[[], Awaitable[None]]] = []
 
     # -- reading ---------------------------------------------------------------
@@ -341,25 +347,27 @@ class World:
 
         # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
         if len(plain):
-            self._plain_motion(out, plain, plain_codes)
+            self._plain_motion(out, plain, plain_codes, encode=encode)
             changed_ids.extend(cols.ids[plain].tolist())
 
         self._dirty = {}
         self._created = {}
         self._deleted = {}
         messages = out.messages()
-        batches = out.encode(tick, messages) if encode else {}
+        batches = out.encode(messages) if encode else TickBatches(tick, {})
         snapshots = self._snapshots
-        for key in messages:
+        for key in batches.data if encode else messages:
             snapshots.pop(key, None)
         self.tick = tick
-        return TickChanges(tick, batches, changed_ids, deleted_ids, messages)
+        return TickChanges(tick, batches, changed_ids, deleted_ids, {} if encode else messages)
 
     def _plain_motion(
         self,
         out: BatchBuilder,
         slots: npt.NDArray[np.int64],
         codes: npt.NDArray[np.int64],
+        *,
+        encode: bool,
     ) -> None:
         cols = self._cols
         cols.ver[slots] += 1
@@ -372,20 +380,57 @@ class World:
         cols.prev[1][slots] = ys
         scale = cols.scale[slots]
         # np.rint(v * s) / s is what `GridMap.round_pos` computes for one value.
-        xr = (np.rint(xs * scale) / scale).tolist()
-        yr = (np.rint(ys * scale) / scale).tolist()
-        ids = cols.ids[slots].tolist()
-        starts = (np.flatnonzero(np.diff(codes)) + 1).tolist()
-        key_for_code = self.grid.key_for_code
-        group_codes = codes[[0, *starts]].tolist()
-        ends = [*starts, len(ids)]
-        begins = [0, *starts]
+        rx = np.rint(xs * scale)
+        ry = np.rint(ys * scale)
+        firsts = np.flatnonzero(np.diff(codes, prepend=-1))
+        counts = np.diff(firsts, append=len(codes))
+        group_codes = codes[firsts]
+        keys = list(map(self.grid.key_for_code, group_codes.tolist()))
+        # Cells with nothing but motion are written in bulk, straight to bytes;
+        # the few that also carry per-object entries go with them as lists.
+        as_lists = np.ones(len(keys), dtype=bool)
+        if encode:
+            has_entries = out.has_entries
+            as_lists = np.fromiter(map(has_entries, keys), dtype=bool, count=len(keys))
+            map_of = group_codes >> 48
+            for index in np.unique(map_of).tolist():
+                groups = (map_of == index) & ~as_lists
+                ents = np.repeat(groups, counts)
+                precision = self.grid.map_at(index).precision
+                if not ents.any() or not fits(rx[ents], ry[ents], precision):
+                    as_lists |= map_of == index
+                    continue
+                prefix = self._mv_prefix
+                chosen = [keys[g] for g in np.flatnonzero(groups).tolist()]
+                data = encode_motion(
+                    [prefix(k) for k in chosen],
+                    counts[groups],
+                    id_rows(cols.id_json[slots[ents]]),
+                    rx[ents],
+                    ry[ents],
+                    precision,
+                )
+                out.ready(chosen, data)
+            if not as_lists.any():
+                return
+        ents = np.repeat(as_lists, counts)
+        scale = scale[ents]
+        xr = (rx[ents] / scale).tolist()
+        yr = (ry[ents] / scale).tolist()
+        ids = cols.ids[slots[ents]].tolist()
+        sizes = counts[as_lists].tolist()
+        ends = list(itertools.accumulate(sizes))
+        begins = [0, *ends[:-1]]
+        chosen = [keys[g] for g in np.flatnonzero(as_lists).tolist()]
         out.mv_many(
-            {
-                key_for_code(c): [ids[a:b], xr[a:b], yr[a:b]]
-                for c, a, b in zip(group_codes, begins, ends, strict=True)
-            }
+            {k: [ids[a:b], xr[a:b], yr[a:b]] for k, a, b in zip(chosen, begins, ends, strict=True)}
         )
+
+    def _mv_prefix(self, key: str) -> bytes:
+        prefix = self._mv_prefixes.get(key)
+        if prefix is None:
+            prefix = self._mv_prefixes[key] = b'{"k":%b,"mv":[[' % orjson.dumps(key)
+        return prefix
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -399,11 +444,30 @@ class World:
 
     def snapshot_message(self, key: str) -> dict[str, Any]:
         """The snapshot of a key as of the last tick, not encoded."""
-        objs = [
-            {"id": o.id, "t": o.synk_type, "v": o.version, "s": o.wire_state()}
-            for o in self._by_key.get(key, {}).values()
-        ]
-        return {"k": key, "objs": objs}
+        members = self._by_key.get(key)
+        if not members:
+            return {"k": key, "objs": []}
+        objs = list(members.values())
+        cols = self._cols
+        slots = [o._slot for o in objs]
+        versions = cols.ver[slots].tolist()
+        gmap = objs[0]._map
+        if gmap is None:
+            entries = [
+                {"id": o.id, "t": o.synk_type, "v": v, "s": o.wire_state()}
+                for o, v in zip(objs, versions, strict=True)
+            ]
+        else:
+            # Every object of a cell stands on its map, whose fields name its position.
+            px, py = gmap.pos_fields
+            scale = 10.0**gmap.precision
+            xs = (np.rint(cols.pos[0][slots] * scale) / scale).tolist()
+            ys = (np.rint(cols.pos[1][slots] * scale) / scale).tolist()
+            entries = [
+                {"id": o.id, "t": o.synk_type, "v": v, "s": {**o._values, px: x, py: y}}
+                for o, v, x, y in zip(objs, versions, xs, ys, strict=True)
+            ]
+        return {"k": key, "objs": entries}
 
     # -- documents -----------------------------------------------------------------------
 
