@@ -356,6 +356,7 @@ async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
         t_start=t_start,
         t_end=t_end,
         server_cpu_s=(cpu1.user + cpu1.system) - (cpu0.user + cpu0.system),
+        server_system_s=cpu1.system - cpu0.system,
         server_wait_s=wait1 - wait0,
         windows=windows,
         checks=checks,
@@ -385,6 +386,7 @@ def _figures(
     t_start: float,
     t_end: float,
     server_cpu_s: float,
+    server_system_s: float,
     server_wait_s: float,
     windows: list[dict[str, Any]],
     checks: list[dict[str, Any]],
@@ -402,6 +404,8 @@ def _figures(
     in_window = [n for n, t in starts.items() if t_start <= t < t_end]
     durations = dict(zip(ticks["done_n"], ticks["done_s"], strict=True))
     dur_ms = [durations[n] * 1000 for n in in_window if n in durations]
+    phases_of = dict(zip(ticks["done_n"], ticks.get("phases", []), strict=False))
+    window_phases = [phases_of[n] for n in in_window if n in phases_of]
     n_ticks = len(in_window)
     # CPU of each tick from one tick's start to the next's: the tick and the writes after it.
     cpu_at = dict(zip(ticks["start_n"], ticks["start_cpu"], strict=True))
@@ -457,6 +461,9 @@ def _figures(
             "cpu_ms_per_tick": _r(cpu_ms),
             "cpu_ms_per_tick_p50": _r(percentile(tick_cpu_ms, 50)),
             "cpu_ms_per_tick_p99": _r(percentile(tick_cpu_ms, 99)),
+            # The kernel's share: mostly the socket writes (on loopback, the
+            # receiving side's TCP work too).
+            "cpu_system_ms_per_tick": _r(server_system_s * 1000 / n_ticks if n_ticks else 0.0),
             "cpu_percent_of_core": _r(100 * server_cpu_s / window_s, 1),
             # Time the server was runnable but another process had its CPU: the noise.
             "runqueue_wait_percent": _r(100 * server_wait_s / window_s, 1),
@@ -466,6 +473,13 @@ def _figures(
             "tick_ms_p99": _r(percentile(dur_ms, 99)),
             "tick_ms_max": _r(max(dur_ms, default=0.0)),
             "tick_ms_mean": _r(statistics.fmean(dur_ms) if dur_ms else 0.0),
+            # Where a tick's time goes (median ms per phase): the simulation
+            # step, World.commit (batches), and the frames with the engine's
+            # own writes to idle sockets.
+            "tick_phase_ms_p50": {
+                name: _r(percentile([p[i] * 1000 for p in window_phases], 50))
+                for i, name in enumerate(("simulate", "commit", "frames"))
+            },
             "peak_rss_mb": stats["peak_rss_mb"],
             "rss_mb": stats["rss_mb"],
             "ticks_behind": stats["ticks_behind"],

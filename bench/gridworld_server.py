@@ -17,8 +17,9 @@ The bench-only routes (never part of synkworld's own application):
   hold, read from the world: ``{sid: {"held": [...], "objs": {id: [t, v, state, key]}}}``.
 - ``GET /bench/ticks``: every tick's start wall time (time.time(), taken by the
   first simulation step), the process CPU time then (time.process_time(): the
-  difference to the next tick's is that tick's CPU, writes included) and its
-  duration (`TickLoop.on_tick_done`).
+  difference to the next tick's is that tick's CPU, writes included), its
+  duration (`TickLoop.on_tick_done`) and the seconds of its phases
+  (simulate, commit, frames: `TickLoop.last_phases`).
 - ``GET /bench/stats``: peak RSS, tick loop and transport counters.
 - ``POST /bench/profile/start`` and ``/bench/profile/stop`` (with ``--profile``):
   pyinstrument over the measured window; stop answers the flat (self time) and
@@ -97,6 +98,7 @@ class BenchServer(Server):
         self.tick_start_cpu: list[float] = []
         self.tick_done_n: list[int] = []
         self.tick_done_s: list[float] = []
+        self.tick_phases: list[list[float]] = []  # [simulate, commit, frames] seconds
         # Registered first: the wall time stamped here is the start of the tick's changes.
         self.simulation(self._step)
         self.loop.on_tick_done(self._tick_done)
@@ -120,6 +122,8 @@ class BenchServer(Server):
     def _tick_done(self, duration_s: float) -> None:
         self.tick_done_n.append(self.world.tick)
         self.tick_done_s.append(duration_s)
+        p = self.loop.last_phases
+        self.tick_phases.append([p.simulate_s, p.commit_s, p.frames_s])
 
     # -- routes ------------------------------------------------------------------------
 
@@ -214,6 +218,7 @@ class BenchServer(Server):
                 "start_cpu": self.tick_start_cpu,
                 "done_n": self.tick_done_n,
                 "done_s": self.tick_done_s,
+                "phases": self.tick_phases,
             }
         )
 

@@ -37,7 +37,14 @@ from synkworld._handlers import Call
 from synkworld._objects import FieldSpec, SynkObject, object_type, registered_types
 from synkworld._protocol import PROTOCOL_VERSION
 from synkworld._sessions import Session, SessionStatistics
-from synkworld._tick import DeliveryReport, SnapshotSource, TickLoop, TickStatistics, deliver_frames
+from synkworld._tick import (
+    DeliveryReport,
+    SnapshotSource,
+    TickLoop,
+    TickPhases,
+    TickStatistics,
+    deliver_frames,
+)
 from synkworld._world import TickChanges, World, WorldStatistics
 
 if TYPE_CHECKING:
@@ -107,6 +114,7 @@ __all__ = [
     "TickBatches",
     "TickChanges",
     "TickLoop",
+    "TickPhases",
     "TickStatistics",
     "TooManyKeysError",
     "UnknownMessageError",

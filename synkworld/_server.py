@@ -252,6 +252,20 @@ class Server:
                 {},
                 m.closed_slow_total,
             ),
+            *(
+                (
+                    "synkworld_tick_phase_seconds_total",
+                    "counter",
+                    "Time spent in each phase of the ticks.",
+                    {"phase": phase},
+                    seconds,
+                )
+                for phase, seconds in (
+                    ("simulate", t.phases_total.simulate_s),
+                    ("commit", t.phases_total.commit_s),
+                    ("frames", t.phases_total.frames_s),
+                )
+            ),
             (
                 "synkworld_simulation_errors_total",
                 "counter",

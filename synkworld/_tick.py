@@ -24,7 +24,14 @@ from synkworld._protocol import encode_resync, encode_tick
 from synkworld._sessions import Session
 from synkworld._world import TickChanges, World
 
-__all__ = ["DeliveryReport", "SnapshotSource", "TickLoop", "TickStatistics", "deliver_frames"]
+__all__ = [
+    "DeliveryReport",
+    "SnapshotSource",
+    "TickLoop",
+    "TickPhases",
+    "TickStatistics",
+    "deliver_frames",
+]
 
 log = logging.getLogger("synkworld.tick")
 
@@ -169,6 +176,15 @@ def deliver_frames_with(
 
 
 @dataclass(frozen=True, slots=True)
+class TickPhases:
+    """Seconds spent in each phase of a tick (of one tick, or summed over many)."""
+
+    simulate_s: float = 0.0
+    commit_s: float = 0.0
+    frames_s: float = 0.0  # building frames and the writes the engine makes itself
+
+
+@dataclass(frozen=True, slots=True)
 class TickStatistics:
     """Counters of the tick loop since it started."""
 
@@ -182,6 +198,7 @@ class TickStatistics:
     frames_dropped: int
     resyncs: int
     simulation_errors: int
+    phases_total: TickPhases
 
 
 Simulation = Callable[[float], None]
@@ -227,6 +244,8 @@ class TickLoop:
         self._dropped = 0
         self._resyncs = 0
         self._sim_errors = 0
+        self._phase_totals = [0.0, 0.0, 0.0]
+        self.last_phases = TickPhases()
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -290,8 +309,10 @@ class TickLoop:
                 # A failing simulation must not stop the world's clock for everyone.
                 self._sim_errors += 1
                 log.exception("simulation step %r failed", sim)
+        simulated = self.clock()
         naive = self.frame_mode == "per-client"
         changes = self.world.commit(encode=not naive)
+        committed = self.clock()
         encoder: FrameEncoder = (
             PerClientFrames(changes.messages, self.world)
             if naive
@@ -304,6 +325,12 @@ class TickLoop:
             now=started,
             lag_timeout_s=self.lag_timeout_s,
         )
+        delivered = self.clock()
+        phases = (simulated - started, committed - simulated, delivered - committed)
+        self.last_phases = TickPhases(*phases)
+        totals = self._phase_totals
+        for i, seconds in enumerate(phases):
+            totals[i] += seconds
         self._frames += report.frames
         self._bytes += report.bytes
         self._dropped += report.dropped
@@ -357,4 +384,5 @@ class TickLoop:
             self._dropped,
             self._resyncs,
             self._sim_errors,
+            TickPhases(*self._phase_totals),
         )
