@@ -118,6 +118,19 @@ class BatchBuilder:
         """Tells whether `key` has per-object entries (add, mod, rem) so far."""
         return key in self._parts
 
+    def has_any_entries(self) -> bool:
+        """Tells whether any key has per-object entries so far."""
+        return bool(self._parts)
+
+    def take_entries_before_mv(self, key: str) -> bytes:
+        """The encoded start of `key`'s batch up to its `mv` arrays: ``{"k":..,"add":..,"mv":[[``.
+
+        The key's entries are taken out: the caller completes the batch with
+        its `mv` arrays and records it with `ready`.
+        """
+        msg = self._message(key, self._parts.pop(key), None)
+        return orjson.dumps(msg)[:-1] + b',"mv":[['
+
     def rem(self, key: str, obj_id: str) -> None:
         """Records an object deleted from the world while under `key`."""
         self._at(key).rem.append({"id": obj_id})
@@ -128,25 +141,27 @@ class BatchBuilder:
 
     def messages(self) -> dict[str, dict[str, Any]]:
         """Every touched key's batch as a message, except those recorded already encoded."""
-        out: dict[str, dict[str, Any]] = {}
         motion = self._motion
-        for key, p in self._parts.items():
-            msg: dict[str, Any] = {"k": key}
-            if p.add:
-                msg["add"] = p.add
-            if p.mod:
-                msg["mod"] = p.mod
-            mv = motion.get(key)
-            if mv is not None:
-                msg["mv"] = mv
-            if p.rem:
-                msg["rem"] = p.rem
-            out[key] = msg
+        out = {key: self._message(key, p, motion.get(key)) for key, p in self._parts.items()}
         parts = self._parts
         for key, mv in motion.items():
             if key not in parts:
                 out[key] = {"k": key, "mv": mv}
         return out
+
+    @staticmethod
+    def _message(key: str, p: _Parts, mv: list[list[Any]] | None) -> dict[str, Any]:
+        # `mv` comes last, so that bulk-written `mv` arrays can follow the rest.
+        msg: dict[str, Any] = {"k": key}
+        if p.add:
+            msg["add"] = p.add
+        if p.mod:
+            msg["mod"] = p.mod
+        if p.rem:
+            msg["rem"] = p.rem
+        if mv is not None:
+            msg["mv"] = mv
+        return msg
 
     def encode(self, messages: dict[str, dict[str, Any]]) -> TickBatches:
         """Every touched key's batch: the `messages` encoded once each, and the ready ones."""

@@ -37,6 +37,7 @@ class Columns:
         self.ids = np.empty(0, dtype=object)
         # Each id as JSON text, NUL-padded to the longest: the motion encoder's rows.
         self.id_json = np.zeros(0, dtype="S8")
+        self.id_len = np.empty(0, dtype=np.int64)
         self._free: list[int] = []
         self._top = 0
         self._grow(max(16, capacity))
@@ -60,6 +61,7 @@ class Columns:
         if len(text) > self.id_json.dtype.itemsize:
             self.id_json = self.id_json.astype(f"S{len(text)}")
         self.id_json[slot] = text
+        self.id_len[slot] = len(text)
         self.code[slot] = UNPUBLISHED
         self.ver[slot] = 0
         self.tracked[slot] = False
@@ -71,6 +73,7 @@ class Columns:
         """Gives a slot back."""
         self.ids[slot] = None
         self.id_json[slot] = b""
+        self.id_len[slot] = 0
         self.tracked[slot] = False
         self.code[slot] = UNPUBLISHED
         self._free.append(slot)
@@ -96,6 +99,7 @@ class Columns:
         self.tracked = grown(self.tracked, False)
         self.ids = grown(self.ids, None)
         self.id_json = grown(self.id_json, b"")
+        self.id_len = grown(self.id_len, 0)  # type: ignore[assignment]
         self.capacity = capacity
 
 

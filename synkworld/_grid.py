@@ -40,6 +40,9 @@ def is_grid_key(key: str) -> bool:
     return _GRID_KEY.match(key) is not None
 
 
+_RANGE_CACHE_SIZE = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class _CellRange:
     cx0: int
@@ -92,6 +95,10 @@ class GridMap:
         self._cells: dict[tuple[int, int], int] = {}
         self._cell_list: list[tuple[int, int]] = []
         self._cell_keys: list[str] = []
+        self._key_set: set[str] = set()
+        # Clients pan over the same cell ranges again and again: a range's keys
+        # are kept until a cell is added (bounded, oldest dropped first).
+        self._range_keys: dict[tuple[int, int, int, int], list[str]] = {}
         self._tree = rtree_index.Index(interleaved=True)
         if bounds is not None and fill:
             holes_set = {(int(cx), int(cy)) for cx, cy in holes}
@@ -114,7 +121,10 @@ class GridMap:
         rid = len(self._cells)
         self._cells[(cx, cy)] = rid
         self._cell_list.append((cx, cy))
-        self._cell_keys.append(self.key(cx, cy))
+        key = self.key(cx, cy)
+        self._cell_keys.append(key)
+        self._key_set.add(key)
+        self._range_keys.clear()
         # The tree lives in cell-index space, one point per cell, so that a query
         # for a range of cell indices is exact: no float edge cases at borders.
         self._tree.insert(rid, (cx, cy, cx, cy))
@@ -212,8 +222,19 @@ class GridMap:
         r = self._range_of_rect(x0, y0, x1, y1, margin=margin, closed=True)
         if not self._cells:
             return []
+        cached = self._range_keys.get((r.cx0, r.cy0, r.cx1, r.cy1))
+        if cached is not None:
+            return list(cached)
         keys = self._cell_keys
-        return [keys[i] for i in self._tree.intersection((r.cx0, r.cy0, r.cx1, r.cy1))]
+        found = [keys[i] for i in self._tree.intersection((r.cx0, r.cy0, r.cx1, r.cy1))]
+        if len(self._range_keys) >= _RANGE_CACHE_SIZE:
+            del self._range_keys[next(iter(self._range_keys))]
+        self._range_keys[(r.cx0, r.cy0, r.cx1, r.cy1)] = found
+        return list(found)
+
+    def is_cell_key(self, key: str) -> bool:
+        """Tells whether `key` is the key of an existing cell of this map."""
+        return key in self._key_set
 
     def _range_of_rect(
         self, x0: float, y0: float, x1: float, y1: float, *, margin: int, closed: bool

@@ -53,8 +53,10 @@ def id_rows(id_json: npt.NDArray[np.bytes_]) -> npt.NDArray[np.uint8]:
     return np.ascontiguousarray(id_json).view(np.uint8).reshape(len(id_json), width)
 
 
-def _number_rows(r: npt.NDArray[np.float64], precision: int) -> npt.NDArray[np.uint8]:
-    """Each r / 10**precision (r whole) as JSON text, one NUL-padded row per number."""
+def _number_rows(
+    r: npt.NDArray[np.float64], precision: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """Each r / 10**precision (r whole) as JSON text: NUL-padded rows, and their text lengths."""
     neg = np.signbit(r)  # orjson writes -0.0 for a coordinate that rounds to minus zero
     m = np.abs(r).astype(np.int64)
     scale = int(_POW10[precision])
@@ -78,13 +80,14 @@ def _number_rows(r: npt.NDArray[np.float64], precision: int) -> npt.NDArray[np.u
     for j in range(frac_slots):
         d = (fp // _POW10[precision - 1 - j]) % 10 if precision else np.zeros_like(fp)
         rows[:, int_digits + 2 + j] = np.where(j < n_frac, _ZERO + d, _PAD)
-    return rows
+    return rows, neg + n_int + 1 + n_frac
 
 
 def encode_motion(
     prefixes: list[bytes],
     counts: npt.NDArray[np.int64],
     ids: npt.NDArray[np.uint8],
+    id_lengths: npt.NDArray[np.int64],
     rx: npt.NDArray[np.float64],
     ry: npt.NDArray[np.float64],
     precision: int,
@@ -92,7 +95,7 @@ def encode_motion(
     """The batch bytes of consecutive motion-only cells.
 
     `prefixes[g]` is ``{"k":"<key>","mv":[[`` of cell g, which owns the next
-    `counts[g]` entries of `ids` (rows from `id_rows`), `rx` and `ry` (positions
+    `counts[g]` entries of `ids` (rows from `id_rows`, and their lengths), `rx` and `ry` (positions
     times 10**precision, rounded to whole numbers: `fits` must hold). Every count
     must be at least 1.
     """
@@ -100,8 +103,8 @@ def encode_motion(
     groups = len(counts)
     if groups == 0:
         return []
-    num = [_number_rows(rx, precision), _number_rows(ry, precision)]
-    width = max(ids.shape[1], num[0].shape[1], num[1].shape[1]) + 1  # + a comma
+    (x_rows, x_len), (y_rows, y_len) = _number_rows(rx, precision), _number_rows(ry, precision)
+    width = max(ids.shape[1], x_rows.shape[1], y_rows.shape[1]) + 1  # + a comma
     # Each cell is its tokens in order: ids, "],[", xs, "],[", ys, "]]}".
     firsts = np.zeros(groups, dtype=np.int64)
     np.cumsum(counts[:-1], out=firsts[1:])
@@ -110,11 +113,12 @@ def encode_motion(
     base = 3 * firsts + 3 * np.arange(groups, dtype=np.int64)
     count_of = counts[group_of]
     entity_base = base[group_of] + local
-    comma = np.where(local < count_of - 1, _COMMA, _PAD).astype(np.uint8)
+    not_last = local < count_of - 1
+    comma = np.where(not_last, _COMMA, _PAD).astype(np.uint8)
 
     tokens = np.zeros((3 * n + 3 * groups, width), dtype=np.uint8)
     rows_of = (entity_base, entity_base + count_of + 1, entity_base + 2 * count_of + 2)
-    for rows, block in zip(rows_of, (ids, num[0], num[1]), strict=True):
+    for rows, block in zip(rows_of, (ids, x_rows, y_rows), strict=True):
         w = block.shape[1]
         tokens[rows, :w] = block
         tokens[rows, w] = comma
@@ -123,8 +127,9 @@ def encode_motion(
     last = base + 3 * counts + 2
     tokens[last, :3] = _END
 
-    filled = tokens != _PAD
-    text = tokens[filled].tobytes()
-    ends = np.cumsum(np.count_nonzero(filled, axis=1))[last].tolist()
+    text = tokens[tokens != _PAD].tobytes()
+    # A cell's text: its entities' ids and numbers, their commas, "],[" twice and "]]}".
+    per_entity = id_lengths + x_len + y_len + 3 * not_last
+    ends = np.cumsum(np.add.reduceat(per_entity, firsts) + 9).tolist()
     starts = [0, *ends[:-1]]
     return [p + text[a:b] for p, a, b in zip(prefixes, starts, ends, strict=True)]

@@ -243,25 +243,31 @@ def encode_tick(
     removed: list[str],
     snapshots: Iterable[bytes],
 ) -> bytes | None:
-    """A tick frame from ready batch and snapshot bytes; None when it would carry nothing."""
-    b = b",".join(batches)
-    s = b",".join(snapshots)
-    if not b and not added and not removed and not s:
-        return None
-    parts = [b'{"m":"tick","n":', str(tick).encode()]
-    if b:
-        parts += [b',"b":[', b, b"]"]
+    """A tick frame from ready batch and snapshot bytes; None when it would carry nothing.
+
+    A list given as `batches` is used up: its ends are rewritten.
+    """
+    parts = batches if isinstance(batches, list) else list(batches)
+    rest: list[bytes] = []
     if added or removed:
         sub: dict[str, list[str]] = {}
         if added:
             sub["add"] = added
         if removed:
             sub["rem"] = removed
-        parts += [b',"sub":', orjson.dumps(sub)]
+        rest += [b',"sub":', orjson.dumps(sub)]
+    s = b",".join(snapshots)
     if s:
-        parts += [b',"snap":[', s, b"]"]
-    parts.append(b"}")
-    return b"".join(parts)
+        rest += [b',"snap":[', s, b"]"]
+    if not parts:
+        if not rest:
+            return None
+        return b'{"m":"tick","n":%d%b}' % (tick, b"".join(rest))
+    # The batches are most of the frame: they are copied once, by the join,
+    # with the envelope glued to the first and the last.
+    parts[0] = b'{"m":"tick","n":%d,"b":[%b' % (tick, parts[0])
+    parts[-1] = b"%b]%b}" % (parts[-1], b"".join(rest))
+    return b",".join(parts)
 
 
 def encode_resync(tick: int, snapshots: Iterable[bytes]) -> bytes:

@@ -95,7 +95,9 @@ class Session:
         gmap = self.grid.maps.get(map_name)
         if gmap is None:
             raise BadMessageError(f"view: unknown map {map_name!r}")
-        wanted = {k for k in self.wanted if not is_grid_key(k)}
+        # Keep the channel keys; a key of this map's cells is checked by a set
+        # lookup before the grid-key pattern.
+        wanted = {k for k in self.wanted if not gmap.is_cell_key(k) and not is_grid_key(k)}
         wanted.update(gmap.keys_in_rect(rect, min(margin, self.max_margin)))
         return self._checked(wanted)
 

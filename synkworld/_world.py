@@ -13,7 +13,7 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -89,7 +89,9 @@ class World:
         self._created: dict[str, SynkObject] = {}
         self._deleted: dict[str, str] = {}  # id -> the key clients know it under
         self._snapshots: dict[str, bytes] = {}
-        self._mv_prefixes: dict[str, bytes] = {}
+        # Per cell code and key, made once: the hot path looks them up in bulk.
+        self._cell_keys: dict[int, str] = {}
+        self._mv_prefix: dict[str, bytes] = {}
         self._flushers: list[Callable[[], Awaitable[None]]] = []
 
     # -- reading ---------------------------------------------------------------
@@ -385,27 +387,37 @@ class World:
         firsts = np.flatnonzero(np.diff(codes, prepend=-1))
         counts = np.diff(firsts, append=len(codes))
         group_codes = codes[firsts]
-        keys = list(map(self.grid.key_for_code, group_codes.tolist()))
-        # Cells with nothing but motion are written in bulk, straight to bytes;
-        # the few that also carry per-object entries go with them as lists.
-        as_lists = np.ones(len(keys), dtype=bool)
+        codes_list = group_codes.tolist()
+        known = list(map(self._cell_keys.get, codes_list))
+        if None in known:
+            key_for_code = self.grid.key_for_code
+            pairs = zip(known, codes_list, strict=True)
+            known = [k if k is not None else key_for_code(c) for k, c in pairs]
+        keys = cast(list[str], known)
+        self._cell_keys.update(zip(codes_list, keys, strict=True))
+        # Every cell's `mv` arrays are written in bulk, straight to bytes; a cell
+        # with per-object entries too gets them, encoded, in front of its `mv`.
+        as_lists = np.full(len(keys), not encode)
         if encode:
-            has_entries = out.has_entries
-            as_lists = np.fromiter(map(has_entries, keys), dtype=bool, count=len(keys))
             map_of = group_codes >> 48
-            for index in np.unique(map_of).tolist():
-                groups = (map_of == index) & ~as_lists
+            map_indices = [0] if len(self.grid.maps) == 1 else np.unique(map_of).tolist()
+            for index in map_indices:
+                groups = map_of == index
                 ents = np.repeat(groups, counts)
                 precision = self.grid.map_at(index).precision
-                if not ents.any() or not fits(rx[ents], ry[ents], precision):
-                    as_lists |= map_of == index
+                if not fits(rx[ents], ry[ents], precision):
+                    as_lists |= groups  # orjson writes some of them with an exponent
                     continue
-                prefix = self._mv_prefix
-                chosen = [keys[g] for g in np.flatnonzero(groups).tolist()]
+                chosen = (
+                    keys
+                    if len(map_indices) == 1
+                    else [keys[g] for g in np.flatnonzero(groups).tolist()]
+                )
                 data = encode_motion(
-                    [prefix(k) for k in chosen],
+                    self._mv_prefixes(chosen, out),
                     counts[groups],
                     id_rows(cols.id_json[slots[ents]]),
+                    cols.id_len[slots[ents]],
                     rx[ents],
                     ry[ents],
                     precision,
@@ -426,11 +438,24 @@ class World:
             {k: [ids[a:b], xr[a:b], yr[a:b]] for k, a, b in zip(chosen, begins, ends, strict=True)}
         )
 
-    def _mv_prefix(self, key: str) -> bytes:
-        prefix = self._mv_prefixes.get(key)
-        if prefix is None:
-            prefix = self._mv_prefixes[key] = b'{"k":%b,"mv":[[' % orjson.dumps(key)
-        return prefix
+    def _mv_prefixes(self, keys: list[str], out: BatchBuilder) -> list[bytes]:
+        """What comes before each key's `mv` arrays: ``{"k":"<key>",...,"mv":[[``.
+
+        A key with nothing but motion has its prefix made once and kept.
+        """
+        cache = self._mv_prefix
+        prefixes = list(map(cache.get, keys))
+        if None in prefixes:
+            for i, (k, p) in enumerate(zip(keys, prefixes, strict=True)):
+                if p is None:
+                    prefixes[i] = cache[k] = b'{"k":%b,"mv":[[' % orjson.dumps(k)
+        if out.has_any_entries():
+            take = out.take_entries_before_mv
+            has = out.has_entries
+            for i, k in enumerate(keys):
+                if has(k):
+                    prefixes[i] = take(k)
+        return prefixes  # type: ignore[return-value]
 
     # -- snapshots -----------------------------------------------------------------------
 
@@ -450,7 +475,7 @@ class World:
         objs = list(members.values())
         cols = self._cols
         slots = [o._slot for o in objs]
-        versions = cols.ver[slots].tolist()
+        versions = cols.ver.take(slots).tolist()
         gmap = objs[0]._map
         if gmap is None:
             entries = [
@@ -461,10 +486,16 @@ class World:
             # Every object of a cell stands on its map, whose fields name its position.
             px, py = gmap.pos_fields
             scale = 10.0**gmap.precision
-            xs = (np.rint(cols.pos[0][slots] * scale) / scale).tolist()
-            ys = (np.rint(cols.pos[1][slots] * scale) / scale).tolist()
+            xs = cols.pos[0].take(slots).tolist()
+            ys = cols.pos[1].take(slots).tolist()
             entries = [
-                {"id": o.id, "t": o.synk_type, "v": v, "s": {**o._values, px: x, py: y}}
+                {
+                    "id": o.id,
+                    "t": o.synk_type,
+                    "v": v,
+                    # What `GridMap.round_pos` computes, inlined.
+                    "s": {**o._values, px: round(x * scale) / scale, py: round(y * scale) / scale},
+                }
                 for o, v, x, y in zip(objs, versions, xs, ys, strict=True)
             ]
         return {"k": key, "objs": entries}

@@ -52,6 +52,7 @@ def test_encoder_matches_orjson(cells: list[list[tuple[str, int, int]]], precisi
         [b'{"k":%b,"mv":[[' % orjson.dumps(k) for k in keys],
         np.array([len(c) for c in cells], dtype=np.int64),
         id_rows(id_json) if flat else np.zeros((0, 1), dtype=np.uint8),
+        np.array([len(orjson.dumps(e[0])) for e in flat], dtype=np.int64),
         rx,
         ry,
         precision,
