@@ -199,7 +199,8 @@ class Connection:
             if refused:
                 shown = ", ".join(repr(k) for k in sorted(refused)[:5])
                 raise ForbiddenError(f"not allowed to subscribe to {shown}")
-        self.session.replace_wanted(wanted)
+        # plan_view and plan_sub checked the keys and interned them already.
+        self.session.wanted = wanted
 
     async def _call(self, msg: CallMessage) -> None:
         call = Call(msg.name, self.identity, self.session, self.server.world)

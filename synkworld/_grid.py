@@ -21,7 +21,7 @@ from rtree import index as rtree_index
 
 from synkworld._errors import ConfigError
 
-__all__ = ["Grid", "GridMap", "is_grid_key"]
+__all__ = ["Grid", "GridMap", "cell_order", "is_grid_key"]
 
 _GRID_KEY = re.compile(r"^([^:]+):(-?\d+):(-?\d+)$")
 _MAP_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -378,3 +378,23 @@ def _pack(
 ) -> npt.NDArray[np.int64]:
     out: npt.NDArray[np.int64] = (m << 48) | ((cx + _BIAS) << _AXIS_BITS) | (cy + _BIAS)
     return out
+
+
+def cell_order(codes: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
+    """The stable order that sorts cell codes.
+
+    Codes of one map whose cells span fewer than 65,536 (cx, cy) pairs are
+    first made dense 16-bit numbers, which numpy sorts by radix, some ten
+    times faster than 64-bit codes.
+    """
+    if len(codes) > 1:
+        lo, hi = int(codes.min()), int(codes.max())
+        if lo >> 48 == hi >> 48:
+            cx = (codes >> _AXIS_BITS) & _AXIS_MASK
+            cy = codes & _AXIS_MASK
+            cx0, cy0 = int(cx.min()), int(cy.min())
+            span_y = int(cy.max()) - cy0 + 1
+            if (int(cx.max()) - cx0 + 1) * span_y <= 1 << 16:
+                dense = ((cx - cx0) * span_y + (cy - cy0)).astype(np.uint16)
+                return np.argsort(dense, kind="stable")
+    return np.argsort(codes, kind="stable")

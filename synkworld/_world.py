@@ -28,7 +28,7 @@ from synkworld._errors import (
     UnknownObjectError,
     WorldError,
 )
-from synkworld._grid import Grid, GridMap, is_grid_key
+from synkworld._grid import Grid, GridMap, cell_order, is_grid_key
 from synkworld._motion_json import encode_motion, fits, id_rows
 from synkworld._objects import SynkObject, object_type
 
@@ -373,7 +373,7 @@ class World:
     ) -> None:
         cols = self._cols
         cols.ver[slots] += 1
-        order = np.argsort(codes, kind="stable")
+        order = cell_order(codes)
         slots = slots[order]
         codes = codes[order]
         xs = cols.pos[0][slots]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from synkworld import ConfigError, Grid, GridMap, is_grid_key
+from synkworld._grid import cell_order
 
 
 def keys(*cells: tuple[int, int], name: str = "main") -> set[str]:
@@ -143,3 +144,19 @@ def test_describe_for_hello() -> None:
         "pos": ["x", "y"],
         "prec": 1,
     }
+
+
+@pytest.mark.parametrize("span", [1, 40, 255, 256, 300, 5000])
+def test_cell_order_is_the_stable_sort_of_the_codes(span: int) -> None:
+    rng = np.random.default_rng(span)
+    for maps in ([0], [0, 1]):
+        n = 3000
+        m = rng.choice(maps, n)
+        cx = rng.integers(-span // 2, span - span // 2, n)
+        cy = rng.integers(-7, 9, n) * (span // 40 + 1)
+        codes = np.array(
+            [Grid.code(int(a), int(b), int(c)) for a, b, c in zip(m, cx, cy, strict=True)],
+            dtype=np.int64,
+        )
+        assert np.array_equal(cell_order(codes), np.argsort(codes, kind="stable"))
+    assert cell_order(np.array([5], dtype=np.int64)).tolist() == [0]
