@@ -1,17 +1,18 @@
-"""The JSON text of a tick's motion-only batches, written for all cells at once with numpy.
+"""The JSON text of a tick's `mv` arrays, written for every cell at once with numpy.
 
-Most cells of a busy tick carry nothing but `mv` arrays. Writing them one cell
+Most cells of a busy tick carry little but `mv` arrays. Writing them one cell
 at a time costs a handful of Python operations per cell (slicing three lists,
 a message dict, one `orjson.dumps` call); here the ids and numbers of every
 cell are laid out as fixed-width byte rows, the padding is squeezed out in one
-pass, and each cell's batch is one slice of the result.
+pass, and each cell's batch is one slice of the result behind its prefix
+(``{"k":"<key>",...,"mv":[[``, which carries the cell's other entries).
 
-The bytes are exactly what `orjson.dumps({"k": key, "mv": [ids, xs, ys]})`
-writes for the same rounded values: a position rounded to `p` decimals is the
-integer `k = rint(v * 10**p)`, and for |k| < 10**15 the shortest text that
-reads back as the same float is k's decimal digits with the point `p` places
-from the right, trailing zeros dropped but one kept (``12.0``, ``12.5``).
-Values orjson writes with an exponent go the ordinary way (`fits`).
+The bytes are exactly what orjson writes for the same rounded values: a
+position rounded to `p` decimals is the integer `k = rint(v * 10**p)`, and for
+|k| < 10**15 the shortest text that reads back as the same float is k's
+decimal digits with the point `p` places from the right, trailing zeros
+dropped but one kept (``12.0``, ``12.5``). Values orjson writes with an
+exponent go the ordinary way (`fits`).
 """
 
 from __future__ import annotations
@@ -92,12 +93,13 @@ def encode_motion(
     ry: npt.NDArray[np.float64],
     precision: int,
 ) -> list[bytes]:
-    """The batch bytes of consecutive motion-only cells.
+    """The batch bytes of consecutive cells: each prefix followed by the cell's `mv` arrays.
 
-    `prefixes[g]` is ``{"k":"<key>","mv":[[`` of cell g, which owns the next
-    `counts[g]` entries of `ids` (rows from `id_rows`, and their lengths), `rx` and `ry` (positions
-    times 10**precision, rounded to whole numbers: `fits` must hold). Every count
-    must be at least 1.
+    `prefixes[g]` is everything of cell g's batch before its `mv` arrays, up to
+    and including ``"mv":[[``. The cell owns the next `counts[g]` (at least 1)
+    entries of `ids` (rows from `id_rows`) and `id_lengths`, and of `rx` and
+    `ry`: positions times 10**precision, rounded to whole numbers, for which
+    `fits` holds.
     """
     n = len(rx)
     groups = len(counts)

@@ -391,10 +391,10 @@ class World:
         known = list(map(self._cell_keys.get, codes_list))
         if None in known:
             key_for_code = self.grid.key_for_code
-            pairs = zip(known, codes_list, strict=True)
-            known = [k if k is not None else key_for_code(c) for k, c in pairs]
+            for i, (k, c) in enumerate(zip(known, codes_list, strict=True)):
+                if k is None:
+                    known[i] = self._cell_keys[c] = key_for_code(c)
         keys = cast(list[str], known)
-        self._cell_keys.update(zip(codes_list, keys, strict=True))
         # Every cell's `mv` arrays are written in bulk, straight to bytes; a cell
         # with per-object entries too gets them, encoded, in front of its `mv`.
         as_lists = np.full(len(keys), not encode)
