@@ -46,7 +46,7 @@ from aiohttp import web
 from bench.gridworld_scenario import Motion, Scenario
 from synkworld import GridMap, Limits, Server, SynkObject, World
 
-__all__ = ["BenchServer", "Entity", "build_server", "main"]
+__all__ = ["BenchServer", "Entity", "build_server", "create_entities", "main"]
 
 log = logging.getLogger("bench.gridworld.server")
 
@@ -59,6 +59,24 @@ class Entity(SynkObject, type="gw-ent"):
     kind: str = "ant"
     color: int = 0
     hp: int = 100
+
+
+def create_entities(world: World, motion: Motion) -> list[Entity]:
+    """The scenario's entities, at their starting places, in the world."""
+    m = motion
+    return [
+        world.create(
+            Entity(
+                id=f"e{i}",
+                x=float(m.xs[i]),
+                y=float(m.ys[i]),
+                kind=m.kinds[i],
+                color=m.colors[i],
+                hp=m.hps[i],
+            )
+        )
+        for i in range(len(m.xs))
+    ]
 
 
 def _json(body: Any) -> web.Response:
@@ -74,20 +92,7 @@ class BenchServer(Server):
         self.profile = profile
         self._profiler: Any = None
         self.motion = Motion(sc)
-        m = self.motion
-        self.entities: list[Entity] = [
-            world.create(
-                Entity(
-                    id=f"e{i}",
-                    x=float(m.xs[i]),
-                    y=float(m.ys[i]),
-                    kind=m.kinds[i],
-                    color=m.colors[i],
-                    hp=m.hps[i],
-                )
-            )
-            for i in range(sc.entities)
-        ]
+        self.entities = create_entities(world, self.motion)
         self.slots = world.slots(self.entities)
         self.going = False
         self.frozen = False

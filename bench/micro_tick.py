@@ -1,106 +1,124 @@
-"""Micro-benchmark of one tick in memory: 10,000 moving objects in 1,600 cells, 500 subscribers.
+"""One grid-world tick in memory: the load test's world, motion and panning views, no network.
 
-Prints JSON with the median ms to build all batches (`World.commit`) and to build
-all frames (`deliver_frames`), over several ticks. No network, no store.
+Prints JSON with the median ms per tick of each part: the simulation step, the
+clients' `view`s that land in the tick, `World.commit` (the batches) and
+`deliver_frames` (every session's frame, queued, not written). What the load
+test adds on top is the sockets: the writes, and reading the clients' messages.
 
-    .venv/bin/python -m bench.micro_tick [--objects 10000] [--subscribers 500] [--ticks 40]
+    .venv/bin/python -m bench.micro_tick [--entities 10000] [--clients 500] [--ticks 100]
+    .venv/bin/python -m bench.micro_tick --profile      # cProfile of views, commit, frames
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import gc
+import math
+import pstats
 import statistics
 import time
 
-import numpy as np
 import orjson
 
-from synkworld import GridMap, Session, SynkObject, World, deliver_frames
-
-
-class Mover(SynkObject, type="bench-mover"):
-    x: float
-    y: float
-    kind: str = "a"
-    color: int = 0
-    hp: int = 100
+from bench.gridworld_scenario import Motion, PanPath, Scenario, pan_path, pan_rect, view_phase
+from bench.gridworld_server import create_entities
+from synkworld import GridMap, Session, World, deliver_frames
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--objects", type=int, default=10_000)
-    p.add_argument("--subscribers", type=int, default=500)
-    p.add_argument("--keys-per-subscriber", type=int, default=20)
-    p.add_argument("--ticks", type=int, default=40)
+    p.add_argument("--entities", type=int, default=Scenario().entities)
+    p.add_argument("--clients", type=int, default=Scenario().clients)
+    p.add_argument("--ticks", type=int, default=100)
+    p.add_argument("--profile", action="store_true", help="print cProfile's top functions too")
     a = p.parse_args()
 
-    rng = np.random.default_rng(1)
-    world = World(GridMap(cell_size=250, bounds=(0, 0, 10_000, 10_000)), initial_capacity=a.objects)
-    objs = [
-        world.create(Mover(id=f"e{i}", x=float(x), y=float(y)))
-        for i, (x, y) in enumerate(rng.uniform(0, 10_000, (a.objects, 2)))
+    sc = Scenario(entities=a.entities, clients=a.clients)
+    gmap = GridMap(cell_size=sc.cell_size, bounds=(0, 0, sc.map_size, sc.map_size))
+    world = World(gmap, initial_capacity=sc.entities)
+    m = Motion(sc)
+    entities = create_entities(world, m)
+    slots = world.slots(entities)
+    paths = [pan_path(sc, i) for i in range(sc.clients)]
+    phases = [view_phase(sc, i) for i in range(sc.clients)]
+    sessions = [
+        Session(f"s{i}", world.grid, send_queue_max_frames=10**9, send_queue_max_bytes=10**12)
+        for i in range(sc.clients)
     ]
-    slots = world.slots(objs)
-    angle = rng.uniform(0, 2 * np.pi, a.objects)
-    vx, vy = np.cos(angle) * 2.5, np.sin(angle) * 2.5  # 50 units/s at 20 Hz
-    sessions = []
-    side = int(np.sqrt(a.keys_per_subscriber))
-    for i in range(a.subscribers):
-        s = Session(
-            f"s{i}",
-            world.grid,
-            max_keys=1000,
-            send_queue_max_frames=10**9,
-            send_queue_max_bytes=10**12,
-        )
-        cx, cy = rng.integers(0, 40 - side, 2)
-        keys = [
-            f"main:{cx + dx}:{cy + dy}"
-            for dx in range(side)
-            for dy in range(a.keys_per_subscriber // side)
-        ]
-        s.sub(keys)
-        sessions.append(s)
+    for path, s in zip(paths, sessions, strict=True):
+        s.view("main", _rect(sc, path, 0.0), sc.margin)
     world.commit()
-    commit_ms, frames_ms, frame_bytes = [], [], []
-    for _ in range(a.ticks):
-        xs, ys = world.positions(slots)
-        xs, ys = xs + vx, ys + vy
-        vx = np.where((xs < 0) | (xs > 10_000), -vx, vx)
-        vy = np.where((ys < 0) | (ys > 10_000), -vy, vy)
-        world.set_positions(slots, np.clip(xs, 0, 9_999.9), np.clip(ys, 0, 9_999.9))
-        for i in rng.integers(0, a.objects, a.objects // 100).tolist():
-            objs[i].hp = int(rng.integers(0, 100))
+    deliver_frames(world.tick, {}, sessions, world, now=0.0, lag_timeout_s=1e9)
+    _drain(sessions)
+    # What the server does after start-up: the world is not rescanned by the GC.
+    gc.collect()
+    gc.freeze()
+
+    period = 1 / sc.tick_rate_hz
+    parts: dict[str, list[float]] = {"simulate": [], "views": [], "commit": [], "frames": []}
+    frame_bytes: list[float] = []
+    views_sent = 0
+    prof = cProfile.Profile() if a.profile else None
+    for t in range(1, a.ticks + 1):
+        now = t * period
+        gc.disable()  # as TickLoop.step does
         t0 = time.perf_counter()
-        changes = world.commit()
+        m.step()
+        world.set_positions(slots, m.xs, m.ys)
+        for i, hp in zip(*m.hp_step(), strict=True):
+            entities[i].hp = hp
         t1 = time.perf_counter()
-        report = deliver_frames(
-            changes.tick, changes.batches, sessions, world, now=0.0, lag_timeout_s=1e9
-        )
+        if prof is not None:
+            prof.enable()
+        for i, s in enumerate(sessions):
+            # Each client sends its view once per interval, at its own phase.
+            interval = sc.view_interval_s
+            if math.floor((now - phases[i]) / interval) != math.floor(
+                (now - period - phases[i]) / interval
+            ):
+                s.view("main", _rect(sc, paths[i], now), sc.margin)
+                views_sent += 1
         t2 = time.perf_counter()
-        for s in sessions:
-            while s.pop() is not None:
-                pass
-        commit_ms.append((t1 - t0) * 1000)
-        frames_ms.append((t2 - t1) * 1000)
+        changes = world.commit()
+        t3 = time.perf_counter()
+        report = deliver_frames(
+            changes.tick, changes.batches, sessions, world, now=now, lag_timeout_s=1e9
+        )
+        t4 = time.perf_counter()
+        if prof is not None:
+            prof.disable()
+        gc.enable()
+        _drain(sessions)
+        for name, seconds in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            parts[name].append(seconds * 1000)
         frame_bytes.append(report.bytes / max(report.frames, 1))
-    print(
-        orjson.dumps(
-            {
-                "objects": a.objects,
-                "cells": world.grid.default_map.cell_count,
-                "subscribers": a.subscribers,
-                "keys_per_subscriber": a.keys_per_subscriber,
-                "ticks": a.ticks,
-                "batches_ms_median": round(statistics.median(commit_ms), 2),
-                "frames_ms_median": round(statistics.median(frames_ms), 2),
-                "batches_ms_p90": round(sorted(commit_ms)[int(0.9 * len(commit_ms))], 2),
-                "frames_ms_p90": round(sorted(frames_ms)[int(0.9 * len(frames_ms))], 2),
-                "mean_frame_bytes": round(statistics.mean(frame_bytes)),
-            },
-            option=orjson.OPT_INDENT_2,
-        ).decode()
-    )
+
+    p50 = {k: round(statistics.median(v), 2) for k, v in parts.items()}
+    result = {
+        "entities": sc.entities,
+        "clients": sc.clients,
+        "ticks": a.ticks,
+        "views_sent": views_sent,
+        "ms_p50": p50,
+        "ms_p50_total": round(sum(p50.values()), 2),
+        "ms_p90": {k: round(sorted(v)[int(0.9 * (len(v) - 1))], 2) for k, v in parts.items()},
+        "mean_frame_bytes": round(statistics.fmean(frame_bytes)),
+    }
+    print(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+def _rect(sc: Scenario, path: PanPath, t: float) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = pan_rect(sc, path, t)
+    return (x0, y0, x1, y1)
+
+
+def _drain(sessions: list[Session]) -> None:
+    for s in sessions:
+        while s.pop() is not None:
+            pass
 
 
 if __name__ == "__main__":

@@ -86,6 +86,8 @@ class Connection:
         self._errors: deque[float] = deque()
         self._writing = False
         self._transport = transport
+        self._socket_buffer_max = limits.socket_buffer_max_bytes
+        self._metrics = server.metrics
         session.on_queued = self._wake.set
         if transport is not None:
             session.direct_write = self._direct_write
@@ -128,11 +130,11 @@ class Connection:
             or t is None
             or t.is_closing()
             or self.close_code is not None
-            or t.get_write_buffer_size() > self.server.limits.socket_buffer_max_bytes
+            or t.get_write_buffer_size() > self._socket_buffer_max
         ):
             return False
         t.write(_text_frame_header(len(frame)) + frame)
-        metrics = self.server.metrics
+        metrics = self._metrics
         metrics.frames_written += 1
         metrics.bytes_written += len(frame)
         return True

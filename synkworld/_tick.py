@@ -80,7 +80,7 @@ class SharedFrames:
     def tick_frame(
         self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
     ) -> bytes | None:
-        parts = [d for d in map(self._get, held) if d is not None]
+        parts = list(filter(None, map(self._get, held)))  # batch bytes are never empty
         return encode_tick(tick, parts, added, removed, [self._snapshot(k) for k in added])
 
     def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:

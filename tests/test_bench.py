@@ -204,3 +204,20 @@ def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
     assert ratios["same_client_caches"] is True
     for png in ("ticks", "latency", "clients", "breakdown", "compare"):
         assert (tmp_path / f"E500-C20_{png}.png").stat().st_size > 1000
+
+
+def test_micro_tick_times_every_part_of_a_tick() -> None:
+    args = ["--entities", "400", "--clients", "15", "--ticks", "30"]
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.micro_tick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    result = orjson.loads(out.stdout)
+    assert set(result["ms_p50"]) == {"simulate", "views", "commit", "frames"}
+    assert result["ms_p50"]["commit"] > 0 and result["ms_p50"]["frames"] > 0
+    # 30 ticks at 20 Hz: every client's view landed in one of them at least once.
+    assert result["views_sent"] >= 15
+    assert result["mean_frame_bytes"] > 0
