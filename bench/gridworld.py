@@ -421,11 +421,13 @@ def _figures(
             if s is not None:
                 lat_ms.append((t - s) * 1000)
 
-    bytes_s: list[float] = []
+    bytes_s: list[float] = []  # what arrived on the sockets
+    payload_s: list[float] = []  # the JSON of the frames, decompressed
     frames_s: list[float] = []
     for w in windows:
         el = w["elapsed_s"]
-        bytes_s += [b / el for b in w["bytes"]]
+        bytes_s += [b / el for b in w["wire_bytes"]]
+        payload_s += [b / el for b in w["bytes"]]
         frames_s += [f / el for f in w["frames"]]
 
     breakdown = FrameBreakdown()
@@ -495,6 +497,10 @@ def _figures(
             "bytes_per_client_s": {
                 "mean": _r(statistics.fmean(bytes_s) if bytes_s else 0.0, 1),
                 "p99": _r(percentile(bytes_s, 99), 1),
+            },
+            "payload_bytes_per_client_s": {
+                "mean": _r(statistics.fmean(payload_s) if payload_s else 0.0, 1),
+                "p99": _r(percentile(payload_s, 99), 1),
             },
             # Per tick of the server: comparable between runs whose tick rates differ.
             "bytes_per_client_tick": {
@@ -762,6 +768,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="shared",
         help="frames joined from shared batches, or the naive per-client baseline",
     )
+    g.add_argument(
+        "--compression",
+        action="store_true",
+        help="permessage-deflate: the server enables it and every client offers it",
+    )
     h = p.add_argument_group("harness")
     h.add_argument(
         "--compare-naive",
@@ -833,6 +844,7 @@ def _scenario(a: argparse.Namespace) -> Scenario:
         sample_clients=a.sample_clients,
         loadgen_procs=a.loadgen_procs,
         mode=a.mode,
+        compression=a.compression,
     )
 
 
@@ -932,7 +944,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if a.sweep is None:
         result.update(asyncio.run(run_benchmark(sc, opts, compare_naive=a.compare_naive)))
-        name = f"gridworld-E{sc.entities}-C{sc.clients}.json"
+        deflate = "-deflate" if sc.compression else ""
+        name = f"gridworld-E{sc.entities}-C{sc.clients}{deflate}.json"
     else:
         swept = dataclasses.replace(sc, seconds=a.sweep_seconds, warmup_s=a.sweep_warmup)
         result["scenario"] = swept.to_json()

@@ -56,6 +56,41 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
+class WireCounter(asyncio.Protocol):
+    """Stands between a transport and its protocol and counts the bytes that arrive.
+
+    What a client's socket receives, WebSocket framing included, and before
+    permessage-deflate is undone: the bytes a client's link carries.
+    """
+
+    def __init__(self, inner: asyncio.BaseProtocol) -> None:
+        self.inner = inner
+        self.n = 0
+
+    @classmethod
+    def install(cls, transport: asyncio.BaseTransport) -> WireCounter:
+        """Puts a counter in front of `transport`'s protocol and returns it."""
+        counter = cls(transport.get_protocol())
+        transport.set_protocol(counter)
+        return counter
+
+    def data_received(self, data: bytes) -> None:
+        self.n += len(data)
+        self.inner.data_received(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()  # type: ignore[attr-defined, no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
 class Client:
     """One WebSocket client of the load generator."""
 
@@ -74,6 +109,7 @@ class Client:
         "pong",
         "sampled",
         "sid",
+        "wire",
         "ws",
     )
 
@@ -85,7 +121,8 @@ class Client:
         self.sid = ""
         self.frames = 0
         self.bytes = 0
-        self.mark = (0, 0)
+        self.mark = (0, 0, 0)
+        self.wire: WireCounter | None = None
         self.cache = ClientCache() if sampled else None
         self.arrivals_n: list[int] = []
         self.arrivals_t: list[float] = []
@@ -94,12 +131,25 @@ class Client:
         self.path: PanPath = pan_path(gen.sc, index)
         self.next_view = 0.0
 
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes that arrived on this client's socket so far."""
+        return self.wire.n if self.wire is not None else 0
+
     async def connect(self, session: aiohttp.ClientSession) -> None:
         """Opens the WebSocket, reads `hello` and sends the first `view`."""
         ws = await session.ws_connect(
-            self.gen.url + "/ws", decode_text=False, max_msg_size=0, heartbeat=None
+            self.gen.url + "/ws",
+            decode_text=False,
+            max_msg_size=0,
+            heartbeat=None,
+            compress=15 if self.gen.sc.compression else 0,
         )
         self.ws = ws
+        # aiohttp has no public handle on an upgraded connection's transport.
+        conn = ws._response.connection
+        if conn is not None and conn.transport is not None:
+            self.wire = WireCounter.install(conn.transport)
         msg = await ws.receive(timeout=30)
         if msg.type is not _TEXT:
             raise ConnectionError(f"client {self.index}: expected hello, got {msg.type!r}")
@@ -329,7 +379,7 @@ class LoadGenerator:
 
     def _mark(self) -> None:
         for c in self.clients:
-            c.mark = (c.frames, c.bytes)
+            c.mark = (c.frames, c.bytes, c.wire_bytes)
             c.arrivals_n.clear()
             c.arrivals_t.clear()
         self.lags.clear()
@@ -364,6 +414,7 @@ class LoadGenerator:
             "runqueue_wait_percent": round(100 * wait / elapsed, 1) if elapsed > 0 else 0.0,
             "frames": [c.frames - c.mark[0] for c in live],
             "bytes": [c.bytes - c.mark[1] for c in live],
+            "wire_bytes": [c.wire_bytes - c.mark[2] for c in live],
             "closed": sum(1 for c in live if c.ws is not None and c.ws.closed),
             "close_codes": sorted({c.close_code for c in live if c.close_code is not None}),
             "lag_ms": {

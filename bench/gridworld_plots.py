@@ -49,7 +49,7 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
     runs: dict[str, Any] = result["runs"]
     sc = result["scenario"]
     title = _title(sc)
-    tag = f"E{sc['entities']}-C{sc['clients']}"
+    tag = f"E{sc['entities']}-C{sc['clients']}{'-deflate' if sc.get('compression') else ''}"
     paths = []
 
     fig, ax = plt.subplots(figsize=(9, 4.5))

@@ -55,6 +55,7 @@ class Scenario:
     sample_clients: int = 20  # clients that decode and apply every frame
     loadgen_procs: int = 2
     mode: str = "shared"  # or "per-client": the naive baseline
+    compression: bool = False  # permessage-deflate, offered by the clients, enabled by the server
 
     @property
     def motion_ticks(self) -> int:

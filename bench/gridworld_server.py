@@ -281,6 +281,7 @@ def build_server(sc: Scenario, *, profile: bool = False) -> BenchServer:
         tick_rate_hz=sc.tick_rate_hz,
         limits=Limits(max_keys=max(256, 2 * keys)),
         frame_mode=frame_mode,
+        compression=sc.compression,
         profile=profile,
     )
 

@@ -29,6 +29,7 @@ class ServeOptions:
     port: int
     tick_rate_hz: float | None
     limits: dict[str, Any]
+    compression: bool = False
 
 
 _LIMIT_TYPES = {f.name: (int if f.type in ("int", int) else float) for f in fields(Limits)}
@@ -62,12 +63,19 @@ def _add_serve_flags(p: argparse.ArgumentParser, *, port: int) -> None:
             default=typ(env) if env is not None else None,
             help=f"limit {name} (default {getattr(Limits(), name)}) [SYNKWORLD_{name.upper()}]",
         )
+    p.add_argument(
+        "--compression",
+        action="store_true",
+        default=(_env("compression", "") or "").lower() in ("1", "true", "yes"),
+        help="permessage-deflate for clients that offer it (CPU per client and frame; "
+        "for few clients or slow links) [SYNKWORLD_COMPRESSION]",
+    )
     p.add_argument("--log-level", default=_env("log_level", "INFO"), help="[SYNKWORLD_LOG_LEVEL]")
 
 
 def _options(a: argparse.Namespace) -> ServeOptions:
     limits = {n: getattr(a, n) for n in _LIMIT_TYPES if getattr(a, n) is not None}
-    return ServeOptions(a.host, a.port, a.tick_rate_hz, limits)
+    return ServeOptions(a.host, a.port, a.tick_rate_hz, limits, compression=a.compression)
 
 
 def load_factory(spec: str) -> Any:
@@ -99,6 +107,8 @@ async def build_server(factory: Any, options: ServeOptions) -> Server:
     if options.limits:
         server.limits = replace(server.limits, **options.limits)
         server.loop.lag_timeout_s = server.limits.lag_timeout_s
+    if options.compression:
+        server.compression = True
     return server
 
 

@@ -161,6 +161,7 @@ RUN_FIELDS = {
     "clients": {
         "connected",
         "bytes_per_client_s",
+        "payload_bytes_per_client_s",
         "frames_per_client_s",
         "bytes_per_entity_per_tick",
     },
@@ -171,18 +172,30 @@ RUN_FIELDS = {
 }
 
 
-@pytest.mark.timeout(120)
-def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
+def small_run(out: Path, *flags: str) -> dict[str, Any]:
+    """`bench.gridworld` at E=500, C=20 for 3 s; its results."""
     cmd = [
         sys.executable,
         "-m",
         "bench.gridworld",
         *("--entities", "500", "--clients", "20", "--seconds", "3", "--warmup", "1"),
-        *("--sample-clients", "6", "--compare-naive", "--quiet", "--out", str(tmp_path)),
+        *("--quiet", "--out", str(out), *flags),
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = orjson.loads((tmp_path / "latest.json").read_bytes())
+    result: dict[str, Any] = orjson.loads((out / "latest.json").read_bytes())
+    return result
+
+
+def wire_and_payload(run: dict[str, Any]) -> tuple[float, float]:
+    """Bytes per client per second: on the socket, and as JSON."""
+    c = run["clients"]
+    return c["bytes_per_client_s"]["mean"], c["payload_bytes_per_client_s"]["mean"]
+
+
+@pytest.mark.timeout(120)
+def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
+    result = small_run(tmp_path, "--sample-clients", "6", "--compare-naive")
     assert (tmp_path / "gridworld-E500-C20.json").exists()
     assert {"command", "machine", "scenario", "runs", "targets", "ratios"} <= result.keys()
     assert set(result["runs"]) == {"synkworld", "naive"}
@@ -195,7 +208,9 @@ def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
         assert run["correctness"]["objects_checked"] > 0
         assert run["clients"]["connected"] == 20
         assert run["server"]["ticks"] > 0 and run["latency_ms"]["samples"] > 0
-        assert run["clients"]["bytes_per_client_s"]["mean"] > 0
+        wire, payload = wire_and_payload(run)
+        # On the wire: the frames' JSON and a few bytes of WebSocket framing each.
+        assert payload > 0 and 1 < wire / payload < 1.02
     assert result["runs"]["synkworld"]["scenario"]["mode"] == "shared"
     assert result["runs"]["naive"]["scenario"]["mode"] == "per-client"
     ratios = result["ratios"]
@@ -221,3 +236,13 @@ def test_micro_tick_times_every_part_of_a_tick() -> None:
     # 30 ticks at 20 Hz: every client's view landed in one of them at least once.
     assert result["views_sent"] >= 15
     assert result["mean_frame_bytes"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_small_run_with_compression_counts_the_compressed_bytes(tmp_path: Path) -> None:
+    result = small_run(tmp_path, "--sample-clients", "4", "--compression", "--no-plots")
+    run = result["runs"]["synkworld"]
+    assert run["scenario"]["compression"] is True
+    assert run["correctness"]["ok"], run["correctness"]
+    wire, payload = wire_and_payload(run)
+    assert wire < 0.6 * payload

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 try:  # tests/browser is a package in some layouts and a plain folder in others
@@ -67,6 +68,11 @@ async def test_demo_page(tmp_path: Path) -> None:
             )
             held_text = await page.text_content("#s-objects")
             assert held_text is not None and int(held_text.replace(",", "")) > 0
+
+            # -- Chromium offered permessage-deflate, and the demo server took it -----------------
+            async with aiohttp.ClientSession() as http, http.get(server.url + "/metrics") as r:
+                metrics = await r.text()
+            assert "synkworld_clients_compressed 1" in metrics.splitlines()
 
             # -- click an agent: the side panel shows its fields, kept up to date ----------------
             x, y, _ = await page.evaluate(h.NEAREST_AGENT, [820, 430])

@@ -49,6 +49,7 @@ async def test_serve_the_readme_example_from_flags_and_environment() -> None:
             "examples.minimal_server:make_server",
             "--tick-rate-hz",
             "10",
+            "--compression",
         ],
         cwd=ROOT,
         env=env,
@@ -58,7 +59,11 @@ async def test_serve_the_readme_example_from_flags_and_environment() -> None:
     url = f"http://127.0.0.1:{port}"
     try:
         assert (await wait_healthy(url, proc))["ok"] is True
-        async with aiohttp.ClientSession() as http, http.ws_connect(url + "/ws") as ws:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(url + "/ws", compress=15) as ws,
+        ):
+            assert ws.compress == 15
             hello = await ws.receive_json()
             assert hello["rate"] == 10
             await ws.send_json({"m": "sub", "add": [f"k{i}" for i in range(6)]})
