@@ -66,10 +66,10 @@ class BatchBuilder:
     def __init__(self, tick: int) -> None:
         self.tick = tick
         self._parts: dict[str, _Parts] = {}
-        # Plain motion is kept apart: most keys of a busy tick carry nothing else,
-        # and their batches are encoded without going through `_Parts`.
+        # `mv` arrays as lists, for batches encoded as messages (a tick committed
+        # without encoding, or positions the bulk writer leaves to orjson).
         self._motion: dict[str, list[list[Any]]] = {}
-        # Batches already encoded (motion-only cells written in bulk).
+        # Finished batches: the cells whose `mv` arrays were written in bulk.
         self._ready: dict[str, bytes] = {}
 
     def _at(self, key: str) -> _Parts:
@@ -102,16 +102,12 @@ class BatchBuilder:
             entry["to"] = moved_to
         self._at(key).mod.append(entry)
 
-    def mv(self, key: str, ids: list[str], xs: list[float], ys: list[float]) -> None:
-        """Records the objects of `key` whose only change is their position inside it."""
-        self._motion[key] = [ids, xs, ys]
-
     def mv_many(self, motion: dict[str, list[list[Any]]]) -> None:
         """Records `mv` arrays of many keys at once (key -> [ids, xs, ys])."""
         self._motion.update(motion)
 
     def ready(self, keys: list[str], data: list[bytes]) -> None:
-        """Records batches of keys that carry nothing else, already encoded."""
+        """Records finished, encoded batches; their keys' entries were taken already."""
         self._ready.update(zip(keys, data, strict=True))
 
     def has_entries(self, key: str) -> bool:
@@ -134,10 +130,6 @@ class BatchBuilder:
     def rem(self, key: str, obj_id: str) -> None:
         """Records an object deleted from the world while under `key`."""
         self._at(key).rem.append({"id": obj_id})
-
-    def keys(self) -> list[str]:
-        """The keys touched so far."""
-        return list(self._parts.keys() | self._motion.keys() | self._ready.keys())
 
     def messages(self) -> dict[str, dict[str, Any]]:
         """Every touched key's batch as a message, except those recorded already encoded."""
