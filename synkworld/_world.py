@@ -273,7 +273,6 @@ class World:
         tick = self.tick + 1
         cols = self._cols
         grid = self.grid
-        key_for_code = grid.key_for_code
         out = BatchBuilder(tick)
         changed_ids: list[str] = []
 
@@ -318,34 +317,8 @@ class World:
             obj = self._objects[oid]
             if obj not in dirty:
                 per_object.append((obj, set()))
-        for obj, names in per_object:
-            slot = obj._slot
-            diff = {n: obj._values[n] for n in names}
-            old_key = self._published_key(obj)
-            new_key = old_key
-            gmap = obj._map
-            if gmap is not None and slot < top and moved_mask[slot]:
-                px, py = type(obj).synk_position or ("x", "y")
-                x, y = float(xs[slot]), float(ys[slot])
-                diff[px] = gmap.round_pos(x)
-                diff[py] = gmap.round_pos(y)
-                code = crossers.get(slot)
-                if code is None:
-                    code = grid.code_of(gmap, x, y)
-                if code != cols.code[slot]:
-                    new_key = key_for_code(code)
-                    cols.code[slot] = code
-                cols.prev[0][slot] = x
-                cols.prev[1][slot] = y
-            ver = int(cols.ver[slot]) + 1
-            cols.ver[slot] = ver
-            if new_key == old_key:
-                out.mod(old_key, obj.id, ver, diff)
-            else:
-                self._rekey(obj, old_key, new_key)
-                out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
-                out.add(new_key, obj.id, obj.synk_type, ver, obj.wire_state(), moved_from=old_key)
-            changed_ids.append(obj.id)
+        if per_object:
+            self._per_object(out, per_object, moved_mask, moved, new_codes, changed_ids)
 
         # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
         if len(plain):
@@ -362,6 +335,70 @@ class World:
             snapshots.pop(key, None)
         self.tick = tick
         return TickChanges(tick, batches, changed_ids, deleted_ids, {} if encode else messages)
+
+    def _per_object(
+        self,
+        out: BatchBuilder,
+        per_object: list[tuple[SynkObject, set[str]]],
+        moved_mask: npt.NDArray[np.bool_],
+        moved: npt.NDArray[np.int64],
+        new_codes: npt.NDArray[np.int64],
+        changed_ids: list[str],
+    ) -> None:
+        """A `mod` for each object (and an `add` where it crossed into another cell)."""
+        cols = self._cols
+        top = len(moved_mask)
+        # The columns are read and written for all of them at once: numpy's
+        # per-element access costs more than the rest of an object's outcome.
+        slots = np.fromiter((o._slot for o, _ in per_object), dtype=np.int64, count=len(per_object))
+        inside = slots < top
+        here = np.where(inside, slots, 0)
+        did_move = moved_mask[here] & inside
+        code_after = np.zeros(top, dtype=np.int64)
+        code_after[moved] = new_codes
+        old_codes = cols.code[slots]
+        codes = np.where(did_move, code_after[here], old_codes)
+        versions = cols.ver[slots] + 1
+        cols.ver[slots] = versions
+        went = slots[did_move]
+        cols.prev[0][went] = cols.pos[0][went]
+        cols.prev[1][went] = cols.pos[1][went]
+        cols.code[went] = codes[did_move]
+        key_for_code = self.grid.key_for_code
+        rows = zip(
+            per_object,
+            did_move.tolist(),
+            cols.pos[0][slots].tolist(),
+            cols.pos[1][slots].tolist(),
+            old_codes.tolist(),
+            codes.tolist(),
+            versions.tolist(),
+            strict=True,
+        )
+        for (obj, names), obj_moved, x, y, old_code, code, ver in rows:
+            values = obj._values
+            diff = {n: values[n] for n in names}
+            channel = obj._channel
+            old_key = channel if channel is not None else key_for_code(old_code)
+            gmap = obj._map
+            if gmap is None or not obj_moved:
+                out.mod(old_key, obj.id, ver, diff)
+                changed_ids.append(obj.id)
+                continue
+            px, py = gmap.pos_fields
+            rx, ry = gmap.round_pos(x), gmap.round_pos(y)
+            diff[px] = rx
+            diff[py] = ry
+            if code == old_code:
+                out.mod(old_key, obj.id, ver, diff)
+            else:
+                new_key = key_for_code(code)
+                self._rekey(obj, old_key, new_key)
+                out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
+                # The full state, as `wire_state` writes it.
+                state = {**values, px: rx, py: ry}
+                out.add(new_key, obj.id, obj.synk_type, ver, state, moved_from=old_key)
+            changed_ids.append(obj.id)
 
     def _plain_motion(
         self,
