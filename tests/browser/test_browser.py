@@ -24,9 +24,9 @@ import aiohttp
 import pytest
 
 from tests.browser.app import make_map
+from tests.browser.demo_helpers import CHROMIUM, chromium
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 
 pytestmark = [
     pytest.mark.browser,
@@ -35,16 +35,6 @@ pytestmark = [
         not CHROMIUM.exists(),
         reason=f"headless Chromium is not installed at {CHROMIUM} (apt-get install chromium)",
     ),
-]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
 ]
 PANS = [
     [150.0, 150.0, 550.0, 450.0],
@@ -133,15 +123,9 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 async def page(server: ServerProcess) -> AsyncIterator[Any]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            context = await browser.new_context()
-            yield await context.new_page()
-        finally:
-            await browser.close()
+    async with chromium() as browser:
+        context = await browser.new_context()
+        yield await context.new_page()
 
 
 def expected_keys(rect: list[float], margin: int = 1) -> set[str]:
