@@ -345,6 +345,14 @@ class Grid:
             self._keys[code] = key
         return key
 
+    def keys_for_codes(self, codes: list[int]) -> list[str]:
+        """`key_for_code` of many codes: one bulk lookup when every code was seen before."""
+        known = list(map(self._keys.get, codes))
+        if None not in known:
+            return known  # type: ignore[return-value]
+        key_for_code = self.key_for_code
+        return [k if k is not None else key_for_code(c) for k, c in zip(known, codes, strict=True)]
+
     def codes_of(
         self,
         map_index: npt.NDArray[np.int64],

@@ -13,7 +13,7 @@ import itertools
 import os
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -89,8 +89,7 @@ class World:
         self._created: dict[str, SynkObject] = {}
         self._deleted: dict[str, str] = {}  # id -> the key clients know it under
         self._snapshots: dict[str, bytes] = {}
-        # Per cell code and key, made once: the hot path looks them up in bulk.
-        self._cell_keys: dict[int, str] = {}
+        # Each key's `{"k":"<key>","mv":[[`, made once.
         self._mv_prefix: dict[str, bytes] = {}
         self._flushers: list[Callable[[], Awaitable[None]]] = []
 
@@ -292,9 +291,7 @@ class World:
         plain = moved[plain_mask]
         plain_codes = new_codes[plain_mask]
         # Objects that crossed a cell and have no other change also go the per-object way.
-        crossers: dict[int, int] = dict(
-            zip(moved[crossed].tolist(), new_codes[crossed].tolist(), strict=True)
-        )
+        crossed_ids = cols.ids[moved[crossed]].tolist()
 
         # 2. Deletions: a `rem` under the key clients know the object by.
         for oid, key in self._deleted.items():
@@ -312,8 +309,7 @@ class World:
         per_object: list[tuple[SynkObject, set[str]]] = [
             (o, names) for o, names in dirty.items() if o.id not in self._created
         ]
-        for slot in list(crossers):
-            oid = cols.ids[slot]
+        for oid in crossed_ids:
             obj = self._objects[oid]
             if obj not in dirty:
                 per_object.append((obj, set()))
@@ -347,17 +343,15 @@ class World:
     ) -> None:
         """A `mod` for each object (and an `add` where it crossed into another cell)."""
         cols = self._cols
-        top = len(moved_mask)
         # The columns are read and written for all of them at once: numpy's
         # per-element access costs more than the rest of an object's outcome.
+        # (Every live object's slot is below `top`, the length of `moved_mask`.)
         slots = np.fromiter((o._slot for o, _ in per_object), dtype=np.int64, count=len(per_object))
-        inside = slots < top
-        here = np.where(inside, slots, 0)
-        did_move = moved_mask[here] & inside
-        code_after = np.zeros(top, dtype=np.int64)
+        did_move = moved_mask[slots]
+        code_after = np.zeros(len(moved_mask), dtype=np.int64)
         code_after[moved] = new_codes
         old_codes = cols.code[slots]
-        codes = np.where(did_move, code_after[here], old_codes)
+        codes = np.where(did_move, code_after[slots], old_codes)
         versions = cols.ver[slots] + 1
         cols.ver[slots] = versions
         went = slots[did_move]
@@ -424,14 +418,7 @@ class World:
         firsts = np.flatnonzero(np.diff(codes, prepend=-1))
         counts = np.diff(firsts, append=len(codes))
         group_codes = codes[firsts]
-        codes_list = group_codes.tolist()
-        known = list(map(self._cell_keys.get, codes_list))
-        if None in known:
-            key_for_code = self.grid.key_for_code
-            for i, (k, c) in enumerate(zip(known, codes_list, strict=True)):
-                if k is None:
-                    known[i] = self._cell_keys[c] = key_for_code(c)
-        keys = cast(list[str], known)
+        keys = self.grid.keys_for_codes(group_codes.tolist())
         # Every cell's `mv` arrays are written in bulk, straight to bytes; a cell
         # with per-object entries too gets them, encoded, in front of its `mv`.
         as_lists = np.full(len(keys), not encode)
