@@ -73,8 +73,10 @@ class SharedFrames:
     """Frames joined from batches encoded once per key: what synkworld does."""
 
     def __init__(self, batches: Mapping[str, Batch], snapshots: SnapshotSource) -> None:
-        data = batches.data if isinstance(batches, TickBatches) else None
-        self._get = (data if data is not None else {k: b.data for k, b in batches.items()}).get
+        if isinstance(batches, TickBatches):
+            self._get = batches.data.get
+        else:
+            self._get = {k: b.data for k, b in batches.items()}.get
         self._snapshot = snapshots.snapshot
 
     def tick_frame(
