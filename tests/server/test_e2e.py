@@ -140,7 +140,11 @@ async def test_subscription_change_applies_after_batches_over_the_wire(serve: An
 
 async def test_randomized_run_reference_clients_equal_server_truth(serve: Any) -> None:
     rng = random.Random(2024)
-    async with serve(limits=Limits(max_keys=400)) as h:
+    # Each client sends some 150 messages in a few seconds: more than the default
+    # rate limit allows, whose refusals would leave pings unanswered. Rate
+    # limiting has tests of its own (test_bad_input.py).
+    limits = Limits(max_keys=400, rate_limit_per_s=10_000, rate_limit_burst=10_000)
+    async with serve(limits=limits) as h:
         world = h.world
         for _ in range(150):
             world.create(Ship(x=rng.uniform(0, 999), y=rng.uniform(0, 999)))
