@@ -35,6 +35,7 @@ import psutil  # type: ignore[import-untyped]
 
 from bench.gridworld_cache import FrameBreakdown
 from bench.gridworld_scenario import Scenario, runqueue_wait_s
+from synkworld.testing import start_process_async
 
 __all__ = ["Options", "main", "run_benchmark", "run_once"]
 
@@ -90,7 +91,7 @@ class Child:
             os.pathsep
         )
         with open(log_path, "wb") as log:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await start_process_async(
                 *cmd,
                 cwd=ROOT,
                 env=env,

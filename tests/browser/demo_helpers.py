@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import aiohttp
 
+from synkworld.testing import start_process
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -72,7 +74,7 @@ class DemoServer:
             str(self.agents),
             "--test-hooks",
         ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = start_process(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         async with aiohttp.ClientSession() as http:
             while True:

@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from synkworld.testing import start_process
 from tests.browser.app import make_map
 from tests.browser.demo_helpers import CHROMIUM, chromium
 
@@ -66,7 +67,7 @@ class ServerProcess:
         self.starts += 1
         log = (self.log_dir / f"server-{self.starts}.log").open("wb")
         try:
-            self.proc = subprocess.Popen(
+            self.proc = start_process(
                 [
                     sys.executable,
                     "-m",

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from synkworld.testing import start_process
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,7 +42,7 @@ async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> dict[str, obj
 async def test_serve_the_readme_example_from_flags_and_environment() -> None:
     port = free_port()
     env = {**os.environ, "SYNKWORLD_PORT": str(port), "SYNKWORLD_MAX_KEYS": "5"}
-    proc = subprocess.Popen(
+    proc = start_process(
         [
             sys.executable,
             "-m",

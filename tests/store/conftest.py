@@ -26,6 +26,7 @@ from pymongo import AsyncMongoClient
 
 from synkworld.store import MemoryStore, SQLiteStore, Store
 from synkworld.store.mongo import MongoStore
+from synkworld.testing import start_process
 
 REPO = Path(__file__).resolve().parents[2]
 FERRETDB_SH = REPO / "scripts" / "ferretdb.sh"
@@ -89,7 +90,7 @@ class MongoServer:
             return
         log_path = self.log_path or self.data_dir / "ferretdb.log"
         with log_path.open("ab") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 [str(FERRETDB_SH), "run", str(self.port), str(self.data_dir)],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -29,6 +29,7 @@ import pytest
 from synkworld import GridMap, Limits, Server, SynkObject, World
 from synkworld._protocol import encode_pong
 from synkworld._sessions import Session
+from synkworld.testing import start_process_async
 from tests.reference_client import ReferenceClient, world_truth
 from tests.web.conftest import WEB
 
@@ -117,7 +118,7 @@ class NodeClient:
 async def node_client(node: str, url: str, tmp: Path) -> AsyncIterator[NodeClient]:
     stderr = tmp / "node-stderr.txt"
     with stderr.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await start_process_async(
             node,
             str(SCRIPT),
             url,

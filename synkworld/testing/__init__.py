@@ -1,0 +1,5 @@
+"""Helpers for testing synkworld applications and synkworld itself."""
+
+from synkworld.testing._processes import die_with_parent, start_process, start_process_async
+
+__all__ = ["die_with_parent", "start_process", "start_process_async"]
