@@ -21,9 +21,16 @@ from rtree import index as rtree_index
 
 from synkworld._errors import ConfigError
 
-__all__ = ["Grid", "GridMap", "cell_order", "is_grid_key"]
+__all__ = ["Grid", "GridMap", "cell_order", "is_grid_key", "key_problem", "looks_like_grid_key"]
 
-_GRID_KEY = re.compile(r"^([^:]+):(-?\d+):(-?\d+)$")
+# One spelling per cell: ASCII digits, no leading zeros, no "-0", nothing after.
+# (`$` would also match before a trailing newline, and `\d` any Unicode digit,
+# so that "main:0:0\n" or "main:\u0660:\u0660" would name cell (0, 0) and slip past an
+# authorization hook that compares exact strings.)
+_GRID_KEY = re.compile(r"([^:]+):(0|-?[1-9][0-9]*):(0|-?[1-9][0-9]*)", re.ASCII)
+# What a reader could take for a grid key: any digits, signs, spaces around them.
+_GRID_LIKE = re.compile(r"[^:]+:\s*[-+]?\d+\s*:\s*[-+]?\d+\s*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAP_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
 # A cell code packs (map index, cx, cy) as map << 48 | (cx + BIAS) << 24 | (cy + BIAS).
@@ -36,8 +43,26 @@ CELL_INDEX_LIMIT = _BIAS - 1
 
 
 def is_grid_key(key: str) -> bool:
-    """Tells whether a key has the form of a grid key, ``<map>:<cx>:<cy>``."""
-    return _GRID_KEY.match(key) is not None
+    """Tells whether a key is a grid key, ``<map>:<cx>:<cy>``, spelt canonically."""
+    return _GRID_KEY.fullmatch(key) is not None
+
+
+def looks_like_grid_key(key: str) -> bool:
+    """Tells whether a key could be read as a grid key, canonical or not ("main:00:0")."""
+    return _GRID_LIKE.fullmatch(key) is not None
+
+
+def key_problem(key: str) -> str | None:
+    """Why a key cannot be used as a subscription key, or None if it can.
+
+    A key has no control characters, and a key that reads as a grid key must be
+    its one canonical spelling: ASCII digits, no leading zeros, no ``-0``.
+    """
+    if _CONTROL.search(key):
+        return f"key {key!r} contains a control character"
+    if _GRID_LIKE.fullmatch(key) and not _GRID_KEY.fullmatch(key):
+        return f"key {key!r} is not a grid key spelt canonically (as in 'main:-3:10')"
+    return None
 
 
 _RANGE_CACHE_SIZE = 4096
@@ -319,7 +344,7 @@ class Grid:
 
     def parse_key(self, key: str) -> tuple[GridMap, int, int] | None:
         """The (map, cx, cy) of a grid key of one of these maps, or None."""
-        m = _GRID_KEY.match(key)
+        m = _GRID_KEY.fullmatch(key)
         if m is None:
             return None
         gmap = self._maps.get(m.group(1))

@@ -14,6 +14,7 @@ from typing import Any, Final
 import orjson
 
 from synkworld._errors import BadJsonError, BadMessageError, ProtocolError, UnknownMessageError
+from synkworld._grid import key_problem
 
 __all__ = [
     "CLIENT_MESSAGES",
@@ -199,6 +200,9 @@ def _keys(msg: Mapping[str, Any], field: str) -> tuple[str, ...]:
             raise BadMessageError(
                 f"sub: every key in '{field}' must be a string of 1-{MAX_KEY_LENGTH} characters"
             )
+        problem = key_problem(k)
+        if problem is not None:
+            raise BadMessageError(f"sub: {problem}")
     return tuple(dict.fromkeys(value))
 
 

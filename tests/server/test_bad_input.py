@@ -47,6 +47,14 @@ async def still_serving(h: Harness, bystander: WsClient) -> None:
         ('{"m": "sub", "add": ["a"], "rem": ["a"]}', "bad_message"),
         ('{"m": "call", "id": "x", "name": "f"}', "bad_message"),
         ('{"m": "ping", "t": "soon"}', "bad_message"),
+        # Regression: these all named cell (0, 0) and slipped past hooks comparing strings.
+        ('{"m": "sub", "add": ["main:0:0\\n"]}', "bad_message"),
+        ('{"m": "sub", "add": ["main:\\u0660:\\u0660"]}', "bad_message"),
+        ('{"m": "sub", "add": ["main:00:0"]}', "bad_message"),
+        ('{"m": "sub", "add": ["main:-0:0"]}', "bad_message"),
+        ('{"m": "sub", "add": ["main:+1:0"]}', "bad_message"),
+        ('{"m": "sub", "add": ["main: 1:0"]}', "bad_message"),
+        ('{"m": "sub", "add": ["room\\u0000"]}', "bad_message"),
     ],
 )
 async def test_bad_frames(serve: Any, frame: str, code: str) -> None:
