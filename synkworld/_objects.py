@@ -9,7 +9,9 @@ A subclass names its type key and declares its fields with annotations::
         hp: int = 100
 
 Assigning a field only records that it changed; the world's tick turns the
-changes into messages. A class that declares the two position fields of a map
+changes into messages. A type declared with ``persist=False`` (a player's
+avatar, a cursor) is synced to clients like any other but never written to a
+store. A class that declares the two position fields of a map
 (``x`` and ``y`` unless ``position=`` names others) is *positioned*: its key is
 the cell it stands in, and while it is in a world its position lives in the
 world's numpy columns so that motion can be handled in bulk. Any other class is
@@ -184,6 +186,7 @@ class SynkObject:
     synk_type: ClassVar[str] = ""
     synk_fields: ClassVar[Mapping[str, FieldSpec]] = {}
     synk_position: ClassVar[tuple[str, str] | None] = None
+    synk_persist: ClassVar[bool] = True
 
     id: str
     _values: dict[str, Any]
@@ -199,9 +202,12 @@ class SynkObject:
         *,
         type: str | None = None,
         position: tuple[str, str] | None = None,
+        persist: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
+        if persist is not None:
+            cls.synk_persist = bool(persist)
         fields = dict(cls.synk_fields)
         hints = _own_hints(cls)
         for name, hint in hints.items():

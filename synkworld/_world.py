@@ -9,11 +9,12 @@ touched key.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import os
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ from synkworld._errors import (
     UnknownObjectError,
     WorldError,
 )
-from synkworld._grid import Grid, GridMap, cell_order, is_grid_key
+from synkworld._grid import Grid, GridMap, cell_order, key_problem, looks_like_grid_key
 from synkworld._motion_json import encode_motion, fits, id_rows
 from synkworld._objects import SynkObject, object_type
 
@@ -41,8 +42,12 @@ _CHANNEL_KEY_MAX = 128
 class TickChanges:
     """What one tick changed: the encoded batches, and the ids a store must write.
 
-    `messages` holds the batches as messages, not encoded, only when the tick
-    was committed with ``encode=False``; `batches` then is empty.
+    `changed_ids`, `deleted_ids` and `created_ids` name persisted objects only
+    (not those of a type declared with ``persist=False``); `created_ids` are
+    the new objects among `changed_ids`, whose first write must not overwrite
+    a stored document. `messages` holds the batches as messages, not encoded,
+    only when the tick was committed with ``encode=False``; `batches` then is
+    empty.
     """
 
     tick: int
@@ -50,6 +55,17 @@ class TickChanges:
     changed_ids: list[str]
     deleted_ids: list[str]
     messages: Mapping[str, dict[str, Any]]
+    created_ids: list[str] = field(default_factory=list)
+
+
+class Flusher(Protocol):
+    """What makes a world's changes durable (its persistence)."""
+
+    async def flush(self) -> None:
+        """Returns when everything changed so far is durable."""
+
+    async def flush_recent(self) -> None:
+        """Returns when what changed since the last tick is durable."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +79,10 @@ class WorldStatistics:
 
 
 def _default_id_factory() -> Callable[[], str]:
-    prefix = os.urandom(3).hex()
+    # 64 random bits per process (11 characters): over a million process starts
+    # the chance that two share a prefix is about 3e-8. A collision with a
+    # stored document is still caught by the store (an insert never overwrites).
+    prefix = base64.urlsafe_b64encode(os.urandom(8)).rstrip(b"=").decode()
     counter = itertools.count(1)
     return lambda: f"{prefix}{next(counter):x}"
 
@@ -88,10 +107,15 @@ class World:
         self._dirty: dict[SynkObject, set[str]] = {}
         self._created: dict[str, SynkObject] = {}
         self._deleted: dict[str, str] = {}  # id -> the key clients know it under
+        # Created objects that are not new to the store: loaded from it and
+        # announced, or already reported by `take_uncommitted_ids`.
+        self._from_store: set[str] = set()
+        # Live objects of types declared with persist=False, and those deleted this tick.
+        self._transient: set[str] = set()
         self._snapshots: dict[str, bytes] = {}
         # Each key's `{"k":"<key>","mv":[[`, made once.
         self._mv_prefix: dict[str, bytes] = {}
-        self._flushers: list[Callable[[], Awaitable[None]]] = []
+        self._flushers: list[Flusher] = []
 
     # -- reading ---------------------------------------------------------------
 
@@ -187,6 +211,8 @@ class World:
         obj._world = self
         self._objects[oid] = obj
         self._created[oid] = obj
+        if not cls.synk_persist:
+            self._transient.add(oid)
         return obj
 
     def delete(self, obj: SynkObject | str) -> None:
@@ -321,16 +347,37 @@ class World:
             self._plain_motion(out, plain, plain_codes, encode=encode)
             changed_ids.extend(cols.ids[plain].tolist())
 
+        created_ids = [oid for oid in self._created if oid not in self._from_store]
+        if self._transient:
+            changed_ids, deleted_ids, created_ids = self._persisted(
+                changed_ids, deleted_ids, created_ids
+            )
         self._dirty = {}
         self._created = {}
         self._deleted = {}
+        self._from_store = set()
         messages = out.messages()
         batches = out.encode(messages) if encode else TickBatches(tick, {})
         snapshots = self._snapshots
         for key in batches.data if encode else messages:
             snapshots.pop(key, None)
         self.tick = tick
-        return TickChanges(tick, batches, changed_ids, deleted_ids, {} if encode else messages)
+        return TickChanges(
+            tick, batches, changed_ids, deleted_ids, {} if encode else messages, created_ids
+        )
+
+    def _persisted(
+        self, changed: list[str], deleted: list[str], created: list[str]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """The ids of a tick without those of transient objects (which a store never sees)."""
+        transient = self._transient
+        kept = (
+            [i for i in changed if i not in transient],
+            [i for i in deleted if i not in transient],
+            [i for i in created if i not in transient],
+        )
+        transient.difference_update(deleted)
+        return kept
 
     def _per_object(
         self,
@@ -579,21 +626,37 @@ class World:
         if not announce:
             del self._created[oid]
             self._publish(obj)
+        else:
+            self._from_store.add(oid)
         return obj
 
     # -- durability --------------------------------------------------------------------------
 
-    def add_flusher(self, flush: Callable[[], Awaitable[None]]) -> None:
-        """Registers what `flush` waits for (the persistence's write-behind)."""
-        self._flushers.append(flush)
+    def add_flusher(self, flusher: Flusher) -> None:
+        """Registers what `flush` and `flush_recent` wait for (the persistence)."""
+        self._flushers.append(flusher)
 
     async def flush(self) -> None:
         """Returns when everything changed so far is durable (at once without a store)."""
-        for flush in self._flushers:
-            await flush()
+        for flusher in self._flushers:
+            await flusher.flush()
 
-    def uncommitted_ids(self) -> tuple[list[str], list[str]]:
-        """The ids changed and deleted since the last tick: (changed, deleted)."""
+    async def flush_recent(self) -> None:
+        """Returns when what changed since the last tick is durable (at once without a store).
+
+        Cheaper than `flush` when much is pending from earlier ticks (a world
+        written once a second): those changes are not waited for.
+        """
+        for flusher in self._flushers:
+            await flusher.flush_recent()
+
+    def take_uncommitted_ids(self) -> tuple[list[str], list[str], list[str]]:
+        """The persisted ids changed, deleted and created since the last tick.
+
+        For a flush before the tick: the created ids are reported once, here,
+        and the tick then reports them as changed only (the store was told to
+        insert them already).
+        """
         changed = {o.id for o in self._dirty}
         changed.update(self._created)
         cols = self._cols
@@ -602,7 +665,14 @@ class World:
             (cols.pos[0][:top] != cols.prev[0][:top]) | (cols.pos[1][:top] != cols.prev[1][:top])
         )
         changed.update(cols.ids[:top][moved].tolist())
-        return sorted(changed), sorted(self._deleted)
+        created = {oid for oid in self._created if oid not in self._from_store}
+        self._from_store.update(created)
+        transient = self._transient
+        return (
+            sorted(changed - transient),
+            sorted(oid for oid in self._deleted if oid not in transient),
+            sorted(created - transient),
+        )
 
     # -- internals -------------------------------------------------------------------------
 
@@ -671,5 +741,8 @@ class World:
 def _check_channel_key(key: str) -> None:
     if not isinstance(key, str) or not key or len(key) > _CHANNEL_KEY_MAX:
         raise WorldError(f"a channel key must be a str of 1-{_CHANNEL_KEY_MAX} characters")
-    if is_grid_key(key):
+    if looks_like_grid_key(key):
         raise WorldError(f"channel key {key!r} looks like a grid key")
+    problem = key_problem(key)
+    if problem is not None:
+        raise WorldError(f"channel {problem}")

@@ -16,6 +16,7 @@ import abc
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeGuard
 
@@ -83,20 +84,24 @@ class Region:
 
 @dataclass(slots=True)
 class WriteBatch:
-    """Changes to write at once: documents to upsert and ids to delete.
+    """Changes to write at once: documents to insert or upsert, and ids to delete.
 
     Each upsert is a document with at least `_id`; the store sets every field it
     carries (MongoDB's `$set`), keeping the stored fields it does not name, and
-    creates the document if it does not exist. Deleting a missing id is not an
-    error. An id appears at most once in a batch; the outcome of naming it twice
-    (as two upserts, or as an upsert and a delete) is not specified.
+    creates the document if it does not exist. An insert is the document of a
+    new object: the store writes it only if no document has its `_id`, and
+    otherwise leaves the stored one as it is and reports the id in
+    `WriteResult.existing` (a new object must never overwrite a stored one).
+    Deleting a missing id is not an error. An id appears at most once in a
+    batch; the outcome of naming it twice is not specified.
     """
 
     upserts: list[Document] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
+    inserts: list[Document] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.upserts) + len(self.deletes)
+        return len(self.inserts) + len(self.upserts) + len(self.deletes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +110,13 @@ class WriteResult:
 
     `rejected` maps the id of each document refused for good (too large, a field
     name the store cannot hold, a value it cannot encode) to the reason. Those are
-    not written; every other operation of the batch is.
+    not written; every other operation of the batch is. `existing` holds the
+    ids of inserts that found a stored document, which was left unchanged.
     """
 
     written: int = 0
     rejected: Mapping[str, str] = field(default_factory=dict)
+    existing: frozenset[str] = frozenset()
 
     def raise_for_rejected(self) -> None:
         """Raises `DocumentRejectedError` for the first refused document, if any."""
@@ -124,9 +131,23 @@ class Store(abc.ABC):
     Failures that retrying can cure (the database is unreachable, a lock is held)
     raise `StoreUnavailableError` and write nothing that matters: every write is
     idempotent, so the caller retries the whole batch.
+
+    A store implements `_load`, `apply` and `close`. `load` first replays the
+    spill journal (`spill_path`) that a shutdown left when this store was
+    unreachable, so that what is loaded includes those changes.
     """
 
-    @abc.abstractmethod
+    @property
+    def spill_path(self) -> Path | None:
+        """Where a shutdown puts the changes it could not write here (None: nowhere).
+
+        By default a file named after the store's class in `default_spill_dir()`;
+        stores override it with a name of their own.
+        """
+        from synkworld.store._spill import default_spill_dir
+
+        return default_spill_dir() / f"synkworld-spill-{type(self).__name__}.json"
+
     async def load(
         self,
         *,
@@ -136,8 +157,40 @@ class Store(abc.ABC):
         """Returns the stored documents whose key is in `keys` or which lie in `region`.
 
         With both, the documents matching either; with neither, every document.
-        The order of the list is not specified.
+        The order of the list is not specified. A spill journal left by an
+        earlier shutdown is written into the store first.
         """
+        await self.replay_spill()
+        return await self._load(keys=keys, region=region)
+
+    async def replay_spill(self) -> int:
+        """Writes the spill journal into the store and removes it; returns how many operations.
+
+        Raises `StoreUnavailableError` (and keeps the journal) while the store
+        cannot be reached.
+        """
+        from synkworld.store._spill import SpillJournal, log_replay
+
+        path = self.spill_path
+        if path is None:
+            return 0
+        journal = SpillJournal(path)
+        if not journal.exists():
+            return 0
+        batch = journal.read()
+        result = await self.apply(batch)
+        log_replay(path, batch, len(result.existing), len(result.rejected))
+        journal.remove()
+        return len(batch)
+
+    @abc.abstractmethod
+    async def _load(
+        self,
+        *,
+        keys: Collection[str] | None = None,
+        region: Region | None = None,
+    ) -> list[Document]:
+        """`load` without the replay: what the store itself holds."""
 
     @abc.abstractmethod
     async def apply(self, batch: WriteBatch) -> WriteResult:

@@ -21,6 +21,30 @@ logger = logging.getLogger("synkworld.store")
 # How many refused documents one batch logs one by one; the rest are summed up.
 _MAX_REJECTIONS_LOGGED = 20
 
+# What is owed for one id. An insert is a new object's first write: the store
+# must not overwrite a stored document with it. An insert that was part of a
+# failed attempt may have reached the store anyway, so finding it stored then
+# is no collision.
+Op = int
+NOTHING: Op = -1
+INSERT: Op = 0
+INSERT_UNSURE: Op = 1
+UPSERT: Op = 2
+DELETE: Op = 3
+
+
+def merged_op(older: Op, newer: Op) -> Op:
+    """The one operation owed for an id marked `older`, then `newer`."""
+    if newer == DELETE:
+        # Created and deleted before anything was sent: there is nothing to write
+        # (and a delete could hit a stored document of the same id).
+        return NOTHING if older == INSERT else DELETE
+    if newer in (INSERT, INSERT_UNSURE):
+        # Created again after a delete not yet written: the stored document is ours.
+        return UPSERT if older in (DELETE, UPSERT) else older
+    # A change after the creation is written by the insert.
+    return older if older in (INSERT, INSERT_UNSURE) else UPSERT
+
 
 class DocumentSource(Protocol):
     """Gives the current documents of objects; the world implements it."""
@@ -56,6 +80,8 @@ class WriteBehindStatistics:
     were retried."""
     rejected: int
     """Objects the store refused for good; they were logged and dropped."""
+    collisions: int
+    """New objects whose id a stored document already had: logged, never written."""
     last_error: str | None
     """The last failed attempt's error; kept after the store recovers."""
     over_limit: bool
@@ -126,17 +152,19 @@ class WriteBehind:
         if write_interval_s < 0:
             raise ValueError(f"write_interval_s is not negative, not {write_interval_s!r}")
         # Between two writes, marks gather: an object moving every tick is then
-        # written once per interval, not once per tick. flush() cuts the wait short.
+        # written once per interval, not once per tick. flush() cuts the wait
+        # short; flush_ids() writes its ids in a batch of their own.
         self._write_interval_s = write_interval_s
-        self._hurry = asyncio.Event()
+        self._urgent: set[str] = set()
+        self._id_waiters: list[tuple[set[str], asyncio.Future[None]]] = []
         self._clock = clock
 
-        # id -> True to delete, False to upsert; insertion-ordered.
-        self._pending: dict[str, bool] = {}
+        # id -> the operation owed; insertion-ordered.
+        self._pending: dict[str, Op] = {}
         self._pending_tick: int | None = None
         self._pending_since: float | None = None
         # The batch of the write under way.
-        self._inflight: dict[str, bool] = {}
+        self._inflight: dict[str, Op] = {}
         self._inflight_tick: int | None = None
         self._inflight_since: float | None = None
         self._last_tick: int | None = None
@@ -151,6 +179,7 @@ class WriteBehind:
         self._stop = asyncio.Event()
         self._state: Literal["new", "running", "stopped"] = "new"
         self._closed = False
+        self._abandoned = False
         self._task: asyncio.Task[None] | None = None
 
         self._writes_done = 0
@@ -158,30 +187,52 @@ class WriteBehind:
         self._failed_attempts = 0
         self._failure_streak = 0
         self._rejected = 0
+        self._collisions = 0
+        # Ids of new objects that collided with a stored document: nothing of
+        # theirs is ever written (a later change or delete would hit the stored one).
+        self._refused_ids: set[str] = set()
         self._last_error: str | None = None
         self._warned_over_limit = False
 
-    def mark(self, tick: int, changed_ids: Iterable[str], deleted_ids: Iterable[str]) -> None:
-        """Records that, in `tick`, these objects changed and these were deleted.
+    def mark(
+        self,
+        tick: int,
+        changed_ids: Iterable[str],
+        deleted_ids: Iterable[str],
+        created_ids: Iterable[str] = (),
+    ) -> None:
+        """Records that, in `tick`, these objects changed, these were deleted, these are new.
 
         Cheap and synchronous: it only merges the ids into the pending set. An id
-        in both collections is deleted; an id marked again in a later call takes
-        that call's verdict (a deleted id created anew is written, not deleted).
-        Raises `RuntimeError` once the write-behind is closed.
+        in several collections counts as created, then changed, then deleted; an
+        id marked again in a later call takes that call's verdict (a deleted id
+        created anew is written, not deleted). A new object's first write must
+        not overwrite a stored document (`WriteBatch.inserts`). Raises
+        `RuntimeError` once the write-behind is closed.
         """
         if self._closed:
             raise RuntimeError("the write-behind is closed; no more marks are written")
-        changed = dict.fromkeys(changed_ids, False)
-        deleted = dict.fromkeys(deleted_ids, True)
         self._last_tick = tick
-        if not changed and not deleted:
-            return
         pending = self._pending
-        if not pending:
+        was_empty = not pending
+        marked = False
+        refused = self._refused_ids
+        for op, ids in ((INSERT, created_ids), (UPSERT, changed_ids), (DELETE, deleted_ids)):
+            for doc_id in ids:
+                if refused and doc_id in refused:
+                    continue
+                old = pending.get(doc_id)
+                new = op if old is None else merged_op(old, op)
+                if new == NOTHING:
+                    del pending[doc_id]
+                else:
+                    pending[doc_id] = new
+                marked = True
+        if not marked:
+            return
+        if was_empty:
             self._pending_tick = tick
             self._pending_since = self._clock()
-        pending.update(changed)
-        pending.update(deleted)
         self._marked_seq += 1
         self._wake.set()
 
@@ -193,9 +244,9 @@ class WriteBehind:
         before that.
         """
         target = self._marked_seq
-        if self._durable_seq >= target:
+        if self._durable_seq >= target or (not self._pending and not self._inflight):
             return
-        self._hurry.set()
+        self._wake.set()
         if self._state == "stopped":
             raise StoreError(self._unwritten_message())
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -207,38 +258,75 @@ class WriteBehind:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
+    async def flush_ids(self, ids: Collection[str]) -> None:
+        """Returns when these ids' marks so far are written, ahead of everything else pending.
+
+        For a reply that must wait until its own changes are durable: the
+        writer sends these ids in a small batch of their own, without waiting
+        for the write interval or for the rest of the pending set.
+        """
+        outstanding = {i for i in ids if i in self._pending or i in self._inflight}
+        if not outstanding:
+            return
+        if self._state == "stopped":
+            raise StoreError(self._unwritten_message())
+        self._urgent.update(i for i in outstanding if i in self._pending)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (outstanding, future)
+        self._id_waiters.append(waiter)
+        self._wake.set()
+        try:
+            await future
+        finally:
+            if waiter in self._id_waiters:
+                self._id_waiters.remove(waiter)
+
     async def run(self) -> None:
         """Writes pending objects until `aclose()`; place it in the application's task group."""
         if self._state != "new":
             raise RuntimeError(f"the writer runs once; it is {self._state}")
         self._state = "running"
+        loop = asyncio.get_running_loop()
         delay = self._retry_initial_s
+        next_full_write_at = loop.time()
         try:
             while not self._stop.is_set():
                 if not self._pending:
+                    # Nothing owed: every mark so far is written (or needed no write).
+                    self._durable_seq = self._marked_seq
+                    self._wake_waiters()
+                    self._wake_id_waiters()
                     if self._closed:
                         return
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                if await self._write_pending():
+                urgent = [i for i in self._urgent if i in self._pending]
+                self._urgent.clear()
+                # Between two writes of everything, marks gather (unless a flush
+                # or a few urgent ids cannot wait).
+                wait_s = next_full_write_at - loop.time()
+                if not urgent and wait_s > 0 and not self._waiters and not self._closed:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait_s):
+                            await self._wake.wait()
+                    continue
+                if await self._write_pending(urgent or None):
                     delay = self._retry_initial_s
-                    if self._write_interval_s > 0 and not self._hurry.is_set():
-                        with contextlib.suppress(TimeoutError):
-                            async with asyncio.timeout(self._write_interval_s):
-                                await self._hurry.wait()
-                    if not self._waiters:
-                        self._hurry.clear()
+                    if not urgent:
+                        next_full_write_at = loop.time() + self._write_interval_s
                 else:
+                    self._urgent.update(urgent)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
                             await self._stop.wait()
                     delay = min(delay * 2, self._retry_max_s)
         finally:
             self._state = "stopped"
-            if self._pending or self._inflight:
+            if (self._pending or self._inflight) and not self._abandoned:
                 logger.error("%s", self._unwritten_message())
-            for _, future in self._waiters:
+            for future in [f for _, f in self._waiters] + [f for _, f in self._id_waiters]:
                 if not future.done():
                     future.set_exception(StoreError(self._unwritten_message()))
 
@@ -260,7 +348,6 @@ class WriteBehind:
             if abandoned:
                 self._stop.set()
             self._wake.set()
-            self._hurry.set()
             task, self._task = self._task, None
             if task is not None:
                 if abandoned:
@@ -272,6 +359,37 @@ class WriteBehind:
                     raise
                 if not task.cancelled() and task.exception() is not None and not abandoned:
                     raise StoreError("the write-behind writer failed") from task.exception()
+
+    async def abandon(self) -> dict[str, Op]:
+        """Stops the writer at once, whatever it was doing; returns what it still owed.
+
+        For a shutdown that cannot wait for the store any longer: the caller
+        keeps the returned operations elsewhere (a spill journal). A write that
+        was under way may or may not have reached the store, so its inserts
+        come back as `INSERT_UNSURE`.
+        """
+        self._closed = True
+        self._abandoned = True
+        self._stop.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        owed = dict(self._inflight)
+        for doc_id, op in owed.items():
+            if op == INSERT:
+                owed[doc_id] = INSERT_UNSURE
+        for doc_id, op in self._pending.items():
+            old = owed.get(doc_id)
+            owed[doc_id] = op if old is None else merged_op(old, op)
+        self._pending, self._inflight = {}, {}
+        self._pending_tick = self._pending_since = None
+        self._inflight_tick = self._inflight_since = None
+        for future in [f for _, f in self._waiters] + [f for _, f in self._id_waiters]:
+            if not future.done():
+                future.set_exception(StoreError(f"abandoned with {len(owed)} objects unwritten"))
+        return owed
 
     def statistics(self) -> WriteBehindStatistics:
         """Returns a snapshot of the pending set and of the counters."""
@@ -289,6 +407,7 @@ class WriteBehind:
             objects_written=self._objects_written,
             failed_attempts=self._failed_attempts,
             rejected=self._rejected,
+            collisions=self._collisions,
             last_error=self._last_error,
             over_limit=pending > self._max_pending,
             max_pending_objects=self._max_pending,
@@ -308,15 +427,19 @@ class WriteBehind:
     ) -> None:
         await self.aclose()
 
-    async def _write_pending(self) -> bool:
-        """Writes everything pending in one batch; returns False if the attempt failed."""
-        batch, seq = self._pending, self._marked_seq
-        self._inflight, self._inflight_tick, self._inflight_since = (
-            batch,
-            self._pending_tick,
-            self._pending_since,
-        )
-        self._pending, self._pending_tick, self._pending_since = {}, None, None
+    async def _write_pending(self, only: list[str] | None = None) -> bool:
+        """Writes everything pending (or the ids `only`) in one batch; False if it failed."""
+        if only is None:
+            batch, seq = self._pending, self._marked_seq
+            self._pending = {}
+            tick, since = self._pending_tick, self._pending_since
+            self._pending_tick = self._pending_since = None
+        else:
+            batch, seq = {i: self._pending.pop(i) for i in only}, None
+            tick, since = self._pending_tick, self._pending_since
+            if not self._pending:
+                self._pending_tick = self._pending_since = None
+        self._inflight, self._inflight_tick, self._inflight_since = batch, tick, since
         self._check_limit(len(batch))
         try:
             write_batch, refused = self._build(batch)
@@ -329,33 +452,75 @@ class WriteBehind:
             self._put_back()
             raise
         finally:
+            inflight_tick, inflight_since = self._inflight_tick, self._inflight_since
             self._inflight, self._inflight_tick, self._inflight_since = {}, None, None
         self._succeeded(result, refused)
-        self._durable_seq = seq
-        self._wake_waiters()
+        resent = self._found_stored(batch, result.existing, inflight_tick, inflight_since)
+        self._wake_id_waiters()
+        if resent:
+            # Some inserts are to be sent again as upserts: flushes wait for those too.
+            self._urgent.update(resent)
+            self._wake.set()
+        elif seq is not None:
+            self._durable_seq = seq
+            self._wake_waiters()
         return True
 
-    def _build(self, batch: dict[str, bool]) -> tuple[WriteBatch, dict[str, str]]:
-        upsert_ids = [doc_id for doc_id, deleted in batch.items() if not deleted]
-        deletes = [doc_id for doc_id, deleted in batch.items() if deleted]
-        docs = self._source.documents(upsert_ids) if upsert_ids else {}
-        upserts: list[Document] = []
+    def _build(self, batch: dict[str, Op]) -> tuple[WriteBatch, dict[str, str]]:
+        write_ids = [doc_id for doc_id, op in batch.items() if op != DELETE]
+        deletes = [doc_id for doc_id, op in batch.items() if op == DELETE]
+        docs = self._source.documents(write_ids) if write_ids else {}
+        out = WriteBatch(deletes=deletes)
         refused: dict[str, str] = {}
-        for doc_id in upsert_ids:
+        for doc_id in write_ids:
             doc = docs.get(doc_id)
             if doc is None:
                 deletes.append(doc_id)
             elif doc.get("_id") != doc_id:
                 refused[doc_id] = f"the source gave a document with _id {doc.get('_id')!r}"
+            elif batch[doc_id] == UPSERT:
+                out.upserts.append(doc)
             else:
-                upserts.append(doc)
-        return WriteBatch(upserts=upserts, deletes=deletes), refused
+                out.inserts.append(doc)
+        return out, refused
+
+    def _found_stored(
+        self,
+        batch: dict[str, Op],
+        existing: frozenset[str],
+        tick: int | None,
+        since: float | None,
+    ) -> set[str]:
+        """Handles inserts that found a stored document; returns those to send again."""
+        resend: set[str] = set()
+        for doc_id in existing:
+            op = batch.get(doc_id)
+            if op == INSERT_UNSURE:
+                # Our own earlier attempt reached the store after all.
+                pending = self._pending
+                newer = pending.get(doc_id)
+                pending[doc_id] = UPSERT if newer is None else merged_op(UPSERT, newer)
+                if self._pending_tick is None:
+                    self._pending_tick, self._pending_since = tick, since
+                resend.add(doc_id)
+            elif op == INSERT:
+                self._collisions += 1
+                self._refused_ids.add(doc_id)
+                self._pending.pop(doc_id, None)
+                logger.error(
+                    "a new object's id %r is already stored: the stored document is kept, and "
+                    "this object is not persisted (ids must be unique across the store)",
+                    doc_id,
+                )
+        return resend
 
     def _put_back(self) -> None:
         """Returns the failed batch's ids to the pending set; newer marks keep precedence."""
         pending = self._pending
-        for doc_id, deleted in self._inflight.items():
-            pending.setdefault(doc_id, deleted)
+        for doc_id, op in self._inflight.items():
+            attempted = INSERT_UNSURE if op == INSERT else op
+            newer = pending.get(doc_id)
+            pending[doc_id] = attempted if newer is None else merged_op(attempted, newer)
         if self._inflight_tick is not None and (
             self._pending_tick is None or self._inflight_tick < self._pending_tick
         ):
@@ -398,6 +563,14 @@ class WriteBehind:
                     logger.error("... and %d more objects refused", len(rejected) - n)
                     break
                 logger.error("store refused object %r for good, not written: %s", doc_id, reason)
+
+    def _wake_id_waiters(self) -> None:
+        """Resolves the `flush_ids` waiters whose ids are owed no more (written or dropped)."""
+        pending, inflight = self._pending, self._inflight
+        for ids, future in self._id_waiters:
+            ids.difference_update([i for i in ids if i not in pending and i not in inflight])
+            if not ids and not future.done():
+                future.set_result(None)
 
     def _wake_waiters(self) -> None:
         durable = self._durable_seq

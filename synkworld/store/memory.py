@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,17 +36,24 @@ class MemoryStore(Store):
 
     Setting `available` to False makes every call raise `StoreUnavailableError`
     until it is set back: tests use it to stand for a database that went away.
+    It has no spill journal unless given one: its documents end with the process.
     """
 
-    def __init__(self, *, max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> None:
+    def __init__(
+        self,
+        *,
+        max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+        spill_path: str | os.PathLike[str] | None = None,
+    ) -> None:
         if max_document_bytes <= 0:
             raise ValueError(f"max_document_bytes is positive, not {max_document_bytes!r}")
         self.max_document_bytes = max_document_bytes
+        self._spill_path = Path(spill_path) if spill_path is not None else None
         self.available = True
         self._docs: dict[str, bytes] = {}
         self._closed = False
 
-    async def load(
+    async def _load(
         self,
         *,
         keys: Collection[str] | None = None,
@@ -61,10 +70,28 @@ class MemoryStore(Store):
             if doc.get("key") in wanted or (region is not None and region.contains(doc))
         ]
 
+    @property
+    def spill_path(self) -> Path | None:
+        return self._spill_path
+
     async def apply(self, batch: WriteBatch) -> WriteResult:
         await self._enter()
         rejected: dict[str, str] = {}
+        existing: set[str] = set()
         written = 0
+        for insert in batch.inserts:
+            doc_id = upsert_id(insert)
+            if doc_id in self._docs:
+                existing.add(doc_id)
+                continue
+            problem = field_name_problem(insert)
+            if problem is None:
+                problem, raw = self._merge(doc_id, insert)
+            if problem is not None:
+                rejected[doc_id] = problem
+                continue
+            self._docs[doc_id] = raw
+            written += 1
         for upsert in batch.upserts:
             doc_id = upsert_id(upsert)
             problem = field_name_problem(upsert)
@@ -78,7 +105,7 @@ class MemoryStore(Store):
         for doc_id in batch.deletes:
             self._docs.pop(doc_id, None)
             written += 1
-        return WriteResult(written=written, rejected=rejected)
+        return WriteResult(written=written, rejected=rejected, existing=frozenset(existing))
 
     async def close(self) -> None:
         self._closed = True

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Collection, Iterator
+from pathlib import Path
 from typing import Any
 
 import bson
 from bson.raw_bson import RawBSONDocument
-from pymongo import AsyncMongoClient, DeleteOne, UpdateOne
+from pymongo import AsyncMongoClient, DeleteOne, InsertOne, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -32,6 +34,7 @@ from synkworld.store._base import (
     upsert_id,
 )
 from synkworld.store._errors import StoreError, StoreUnavailableError
+from synkworld.store._spill import default_spill_dir
 
 __all__ = ["MongoStore"]
 
@@ -43,6 +46,12 @@ _KEYS_PER_QUERY = 10_000
 # Under both FerretDB 1.x connection pools (50 and 100), with room to spare.
 _FERRETDB_1_MAX_OPS = 40
 
+_DUPLICATE_KEY = 11000
+
+# What is sent for one id: ("insert", raw document), ("update", update document) or
+# ("delete", None).
+_Sent = tuple[str, str, Any]
+
 
 class MongoStore(Store):
     """Stores documents in one MongoDB collection, one bulk write per batch.
@@ -52,8 +61,12 @@ class MongoStore(Store):
     same calls. A store made from a database leaves its client to the caller; one
     made by `MongoStore.connect()` owns its client and closes it.
 
-    A batch is one unordered `bulk_write` of `UpdateOne({_id}, {$set: fields},
-    upsert=True)` and `DeleteOne({_id})`. Each `$set` document is encoded to BSON
+    A batch is one unordered `bulk_write` of `InsertOne(doc)` for new objects
+    (a duplicate `_id` leaves the stored document and is reported in
+    `WriteResult.existing`), `UpdateOne({_id}, {$set: fields}, upsert=True)`
+    and `DeleteOne({_id})`. A shutdown that cannot write spills to
+    `synkworld-spill-<db>.<collection>.json` in `default_spill_dir()` unless
+    `spill_path` names another file. Each `$set` document is encoded to BSON
     once, here, so that a document over `max_document_bytes` (16 MiB by default,
     MongoDB's limit) or with a value BSON cannot encode is refused before it is
     sent, and the rest of the batch still goes. Write errors the server reports
@@ -81,6 +94,7 @@ class MongoStore(Store):
         pos_fields: tuple[str, str] = ("x", "y"),
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
         max_ops_per_command: int | None = None,
+        spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_document_bytes <= 0:
             raise ValueError(f"max_document_bytes is positive, not {max_document_bytes!r}")
@@ -92,6 +106,12 @@ class MongoStore(Store):
         self.pos_fields = pos_fields
         self.max_document_bytes = max_document_bytes
         self._collection: Any = database[collection]
+        self._spill_path = (
+            Path(spill_path)
+            if spill_path is not None
+            else default_spill_dir()
+            / f"synkworld-spill-{getattr(database, 'name', 'db')}.{collection}.json"
+        )
         self._owned_client: AsyncMongoClient[Any] | None = None
         self._ready = False
         self._ready_lock = asyncio.Lock()
@@ -107,6 +127,7 @@ class MongoStore(Store):
         pos_fields: tuple[str, str] = ("x", "y"),
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
         max_ops_per_command: int | None = None,
+        spill_path: str | os.PathLike[str] | None = None,
         **client_options: Any,
     ) -> MongoStore:
         """Makes a store with its own `AsyncMongoClient`, closed with the store.
@@ -123,9 +144,14 @@ class MongoStore(Store):
             pos_fields=pos_fields,
             max_document_bytes=max_document_bytes,
             max_ops_per_command=max_ops_per_command,
+            spill_path=spill_path,
         )
         store._owned_client = client
         return store
+
+    @property
+    def spill_path(self) -> Path | None:
+        return self._spill_path
 
     async def ensure_indexes(self) -> None:
         """Creates the store's index if it does not exist yet (done on first use anyway)."""
@@ -151,7 +177,7 @@ class MongoStore(Store):
                     )
             self._ready = True
 
-    async def load(
+    async def _load(
         self,
         *,
         keys: Collection[str] | None = None,
@@ -182,58 +208,78 @@ class MongoStore(Store):
     async def apply(self, batch: WriteBatch) -> WriteResult:
         self._check_open()
         rejected: dict[str, str] = {}
-        # One (id, update document or None for a delete) per operation sent.
-        sent: list[tuple[str, dict[str, Any] | None]] = []
+        existing: set[str] = set()
+        sent: list[_Sent] = []
+        for insert in batch.inserts:
+            doc_id = upsert_id(insert)
+            problem, raw = self._encoded(insert, with_id=True)
+            if raw is None:
+                rejected[doc_id] = problem or "refused"
+            else:
+                sent.append((doc_id, "insert", raw))
         for upsert in batch.upserts:
             doc_id = upsert_id(upsert)
             problem, update = self._update(upsert)
             if update is None:
                 rejected[doc_id] = problem or "refused"
             else:
-                sent.append((doc_id, update))
-        sent.extend((doc_id, None) for doc_id in batch.deletes)
+                sent.append((doc_id, "update", update))
+        sent.extend((doc_id, "delete", None) for doc_id in batch.deletes)
         if not sent:
             return WriteResult(written=0, rejected=rejected)
-        ops = [
-            DeleteOne({"_id": doc_id})
-            if update is None
-            else UpdateOne({"_id": doc_id}, update, upsert=True)
-            for doc_id, update in sent
-        ]
+        ops = [_operation(doc_id, kind, body) for doc_id, kind, body in sent]
         await self.ensure_indexes()
         step = self.max_ops_per_command or len(ops)
         for start in range(0, len(ops), step):
-            await self._bulk_write(ops[start : start + step], sent[start : start + step], rejected)
-        written = len(sent) - sum(1 for doc_id, _ in sent if doc_id in rejected)
-        return WriteResult(written=written, rejected=rejected)
+            await self._bulk_write(
+                ops[start : start + step], sent[start : start + step], rejected, existing
+            )
+        written = sum(
+            1 for doc_id, _, _ in sent if doc_id not in rejected and doc_id not in existing
+        )
+        return WriteResult(written=written, rejected=rejected, existing=frozenset(existing))
 
     async def _bulk_write(
         self,
-        ops: list[UpdateOne | DeleteOne],
-        sent: list[tuple[str, dict[str, Any] | None]],
+        ops: list[InsertOne[Any] | UpdateOne | DeleteOne],
+        sent: list[_Sent],
         rejected: dict[str, str],
+        existing: set[str],
     ) -> None:
-        """Sends one unordered bulk write, and adds the operations refused to `rejected`."""
+        """Sends one unordered bulk write; adds the operations refused to `rejected`.
+
+        An insert refused for a duplicate `_id` found a stored document: it goes
+        to `existing`, not `rejected`.
+        """
         try:
             with _driver_errors():
                 await self._collection.bulk_write(ops, ordered=False)
         except _ServerRefused as refused:
-            for index, reason in refused.errors.items():
-                rejected[sent[index][0]] = reason
+            for index, (code, reason) in refused.errors.items():
+                doc_id, kind, _ = sent[index]
+                if kind == "insert" and code == _DUPLICATE_KEY:
+                    existing.add(doc_id)
+                else:
+                    rejected[doc_id] = reason
         except _BadReply:
             # FerretDB 1.x answers an update command that has write errors
             # without `nModified` (PyMongo then fails with a KeyError), reports
             # the wrong index, and skips the operations after the failed one.
             # Replaying each operation on its own finds the refused ones; the
             # writes are idempotent, so replaying those that went through
-            # changes nothing.
+            # changes nothing (an insert that went through finds itself stored,
+            # which is what the caller learns for a first attempt that failed).
             logger.warning(
                 "bulk write of %d operations got a malformed reply; replaying them one by one",
                 len(ops),
             )
-            for doc_id, update in sent:
-                refusal = await self._replay(doc_id, update)
-                if refusal is not None:
+            for doc_id, kind, body in sent:
+                code, refusal = await self._replay(doc_id, kind, body)
+                if refusal is None:
+                    continue
+                if kind == "insert" and code == _DUPLICATE_KEY:
+                    existing.add(doc_id)
+                else:
                     rejected[doc_id] = refusal
 
     async def close(self) -> None:
@@ -252,15 +298,12 @@ class MongoStore(Store):
             docs: list[Document] = await self._collection.find(query).to_list(None)
         return docs
 
-    def _update(self, upsert: Document) -> tuple[str | None, dict[str, Any] | None]:
-        """Returns the update document for an upsert, or why it is refused."""
-        problem = field_name_problem(upsert)
+    def _encoded(self, doc: Document, *, with_id: bool) -> tuple[str | None, Any]:
+        """The document's fields as raw BSON (with or without `_id`), or why it is refused."""
+        problem = field_name_problem(doc)
         if problem is not None:
             return problem, None
-        fields = {name: value for name, value in upsert.items() if name != "_id"}
-        if not fields:
-            # `$set: {}` is refused by FerretDB and by MongoDB before 5.0.
-            return None, {"$setOnInsert": {}}
+        fields = doc if with_id else {name: value for name, value in doc.items() if name != "_id"}
         try:
             raw = bson.encode(fields)
         except (bson.InvalidDocument, OverflowError, TypeError, ValueError) as exc:
@@ -269,34 +312,57 @@ class MongoStore(Store):
             limit = self.max_document_bytes
             return f"document is {len(raw)} bytes, over the limit of {limit}", None
         # The driver copies raw BSON as it is: the fields are encoded once, not twice.
-        return None, {"$set": RawBSONDocument(raw)}
+        return None, RawBSONDocument(raw)
 
-    async def _replay(self, doc_id: str, update: dict[str, Any] | None) -> str | None:
-        """Sends one operation as a plain command; returns the server's reason if refused."""
+    def _update(self, upsert: Document) -> tuple[str | None, dict[str, Any] | None]:
+        """Returns the update document for an upsert, or why it is refused."""
+        if len(upsert) == 1 and "_id" in upsert:
+            problem = field_name_problem(upsert)
+            # `$set: {}` is refused by FerretDB and by MongoDB before 5.0.
+            return (problem, None) if problem is not None else (None, {"$setOnInsert": {}})
+        problem, raw = self._encoded(upsert, with_id=False)
+        if raw is None:
+            return problem, None
+        return None, {"$set": raw}
+
+    async def _replay(self, doc_id: str, kind: str, body: Any) -> tuple[int | None, str | None]:
+        """Sends one operation as a plain command; returns the server's refusal, if any."""
         name = self.collection_name
         command: dict[str, Any]
-        if update is None:
+        if kind == "delete":
             deletes = [{"q": {"_id": doc_id}, "limit": 1}]
             command = {"delete": name, "deletes": deletes, "ordered": True}
+        elif kind == "insert":
+            command = {"insert": name, "documents": [body], "ordered": True}
         else:
-            updates = [{"q": {"_id": doc_id}, "u": update, "upsert": True}]
+            updates = [{"q": {"_id": doc_id}, "u": body, "upsert": True}]
             command = {"update": name, "updates": updates, "ordered": True}
         try:
             with _driver_errors():
                 reply = await self.database.command(command)
-        except (_ServerRefused, _BadReply) as exc:
-            return str(exc)
+        except _ServerRefused as exc:
+            return next(iter(exc.errors.values()), (None, str(exc)))
+        except _BadReply as exc:
+            return None, str(exc)
         errors = reply.get("writeErrors") or []
         if errors:
-            return "; ".join(_reason(err) for err in errors)
-        return None
+            return errors[0].get("code"), "; ".join(_reason(err) for err in errors)
+        return None, None
+
+
+def _operation(doc_id: str, kind: str, body: Any) -> InsertOne[Any] | UpdateOne | DeleteOne:
+    if kind == "insert":
+        return InsertOne(body)
+    if kind == "update":
+        return UpdateOne({"_id": doc_id}, body, upsert=True)
+    return DeleteOne({"_id": doc_id})
 
 
 class _ServerRefused(Exception):
-    """The server refused some operations of a bulk write: index -> reason."""
+    """The server refused some operations of a bulk write: index -> (code, reason)."""
 
-    def __init__(self, errors: dict[int, str]) -> None:
-        super().__init__("; ".join(errors.values()))
+    def __init__(self, errors: dict[int, tuple[int | None, str]]) -> None:
+        super().__init__("; ".join(reason for _, reason in errors.values()))
         self.errors = errors
 
 
@@ -313,7 +379,10 @@ def _driver_errors() -> Iterator[None]:
         details = exc.details
         if details.get("writeConcernErrors"):
             raise StoreUnavailableError(f"MongoDB write concern failed: {exc}") from exc
-        errors = {int(err["index"]): _reason(err) for err in details.get("writeErrors", [])}
+        errors = {
+            int(err["index"]): (err.get("code"), _reason(err))
+            for err in details.get("writeErrors", [])
+        }
         raise _ServerRefused(errors) from exc
     except PyMongoError as exc:
         if _is_transient(exc):

@@ -8,6 +8,7 @@ import os
 import sqlite3
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -59,6 +60,9 @@ class SQLiteStore(Store):
     the index on `(map, x, y)` (a region naming other position fields is served
     by a scan of the map's rows).
 
+    A shutdown that cannot write here spills to `<path>.spill.json`
+    (`spill_path`), which the next `load()` replays.
+
     Every call runs on one worker thread that owns the connection; a batch is one
     transaction. The database is in WAL mode with `synchronous=NORMAL` by default:
     a committed batch survives the process crashing, and the last batches may be
@@ -82,6 +86,7 @@ class SQLiteStore(Store):
         max_document_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
         busy_timeout_s: float = 5.0,
         synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+        spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not table.isidentifier():
             raise ValueError(f"table is an identifier, not {table!r}")
@@ -97,21 +102,35 @@ class SQLiteStore(Store):
         self.max_document_bytes = max_document_bytes
         self.busy_timeout_s = busy_timeout_s
         self.synchronous = synchronous
+        # Beside the database file, where an operator looks first.
+        self._spill_path = (
+            Path(spill_path)
+            if spill_path is not None
+            else None
+            if self.path in ("", ":memory:")
+            else Path(self.path + ".spill.json")
+        )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="synkworld-sqlite")
         self._conn: sqlite3.Connection | None = None  # used only on the worker thread
         self._closed = False
 
-    async def load(
+    async def _load(
         self,
         *,
         keys: Collection[str] | None = None,
         region: Region | None = None,
     ) -> list[Document]:
-        return await self._run(self._load, None if keys is None else list(keys), region)
+        return await self._run(self._load_rows, None if keys is None else list(keys), region)
+
+    @property
+    def spill_path(self) -> Path | None:
+        return self._spill_path
 
     async def apply(self, batch: WriteBatch) -> WriteResult:
         # Copy the lists: the caller may change them while the worker thread reads.
-        return await self._run(self._apply, list(batch.upserts), list(batch.deletes))
+        return await self._run(
+            self._apply, list(batch.inserts), list(batch.upserts), list(batch.deletes)
+        )
 
     async def close(self) -> None:
         if self._closed:
@@ -153,7 +172,7 @@ class SQLiteStore(Store):
             self._conn.close()
             self._conn = None
 
-    def _load(self, keys: list[str] | None, region: Region | None) -> list[Document]:
+    def _load_rows(self, keys: list[str] | None, region: Region | None) -> list[Document]:
         conn = self._connection()
         table = self.table
         if keys is None and region is None:
@@ -183,16 +202,32 @@ class SQLiteStore(Store):
                         found[doc_id] = doc
         return list(found.values())
 
-    def _apply(self, upserts: list[Document], deletes: list[str]) -> WriteResult:
+    def _apply(
+        self, inserts: list[Document], upserts: list[Document], deletes: list[str]
+    ) -> WriteResult:
         conn = self._connection()
         table = self.table
         rejected: dict[str, str] = {}
+        existing: set[str] = set()
         rows: list[tuple[Any, ...]] = []
         # Take the write lock first, so that the reads of stored documents below
         # and the writes form one consistent transaction.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            stored = self._stored_docs(conn, [upsert_id(doc) for doc in upserts])
+            ids = [upsert_id(doc) for doc in inserts] + [upsert_id(doc) for doc in upserts]
+            stored = self._stored_docs(conn, ids)
+            for insert in inserts:
+                doc_id = insert["_id"]
+                if doc_id in stored:
+                    existing.add(doc_id)
+                    continue
+                problem = field_name_problem(insert)
+                if problem is None:
+                    problem, row = self._row(doc_id, insert, None)
+                if problem is not None:
+                    rejected[doc_id] = problem
+                    continue
+                rows.append(row)
             for upsert in upserts:
                 doc_id = upsert["_id"]
                 problem = field_name_problem(upsert)
@@ -218,7 +253,9 @@ class SQLiteStore(Store):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return WriteResult(written=len(rows) + len(deletes), rejected=rejected)
+        return WriteResult(
+            written=len(rows) + len(deletes), rejected=rejected, existing=frozenset(existing)
+        )
 
     def _stored_docs(self, conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
         stored: dict[str, str] = {}

@@ -391,3 +391,45 @@ def test_any_sequence_of_batches_ends_in_the_state_of_the_model(
                 return await store.load()
 
     assert by_id(asyncio.run(replay())) == model
+
+
+async def test_an_insert_writes_a_new_document_and_never_overwrites_a_stored_one(
+    store: Store,
+) -> None:
+    """Regression: a new object whose id a stored document had overwrote that document."""
+    await store.apply(WriteBatch(upserts=[entity("old", "main:0:0", 1, 1, hp=5)]))
+    result = await store.apply(
+        WriteBatch(
+            inserts=[entity("old", "main:3:3", 9, 9, hp=0), entity("new", "main:0:0", 2, 2)],
+            upserts=[entity("other", "main:0:0", 3, 3)],
+        )
+    )
+    assert result.existing == {"old"}
+    assert result.written == 2
+    docs = by_id(await store.load())
+    assert docs["old"] == entity("old", "main:0:0", 1, 1, hp=5)
+    assert docs["new"] == entity("new", "main:0:0", 2, 2)
+    assert set(docs) == {"old", "new", "other"}
+
+
+async def test_load_replays_a_spill_journal_first(store: Store, tmp_path: Path) -> None:
+    from synkworld.store._spill import SpillJournal
+
+    path = store.spill_path
+    if path is None:
+        pytest.skip("this store keeps no spill journal")
+    await store.apply(WriteBatch(upserts=[entity("gone", "main:0:0", 1, 1)]))
+    SpillJournal(path).write(
+        WriteBatch(
+            inserts=[entity("n", "main:0:0", 4, 4)],
+            upserts=[entity("u", "main:1:0", 300, 4, hp=3)],
+            deletes=["gone"],
+        ),
+        reason="a test",
+    )
+    assert by_id(await store.load()) == {
+        "n": entity("n", "main:0:0", 4, 4),
+        "u": entity("u", "main:1:0", 300, 4, hp=3),
+    }
+    assert not path.exists()
+    assert await store.replay_spill() == 0

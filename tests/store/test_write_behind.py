@@ -66,7 +66,11 @@ class RecordingStore(MemoryStore):
 
     async def apply(self, batch: WriteBatch) -> WriteResult:
         self.attempts.append(asyncio.get_running_loop().time())
-        copied = WriteBatch([dict(d) for d in batch.upserts], list(batch.deletes))
+        copied = WriteBatch(
+            [dict(d) for d in batch.upserts],
+            list(batch.deletes),
+            [dict(d) for d in batch.inserts],
+        )
         if self.hold is not None:
             await self.hold.acquire()
         if self.fail_after_hold:
@@ -559,3 +563,86 @@ async def test_a_locked_sqlite_file_loses_nothing(tmp_path: Path) -> None:
             assert await stored(store) == source.docs
     finally:
         other.close()
+
+
+async def test_a_new_object_colliding_with_a_stored_document_is_never_written(
+    source: DictSource, store: RecordingStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: a created object took the id of a stored one and overwrote it."""
+    await store.apply(WriteBatch(upserts=[{"_id": "a", "owner": "someone else"}]))
+    wb = WriteBehind(store, source, **FAST)
+    async with wb:
+        wb.mark(1, [source.put("a"), source.put("b")], [], created_ids=["a", "b"])
+        await wb.flush()
+        wb.mark(2, [source.put("a", hp=1)], [])
+        await wb.flush()
+        wb.mark(3, [], [source.remove("a")])
+        await wb.flush()
+    docs = await stored(store)
+    assert docs["a"] == {"_id": "a", "owner": "someone else"}
+    assert docs["b"]["v"] == 1
+    assert wb.statistics().collisions == 1
+    assert "already stored" in caplog.text
+    written = store.batches[1:]  # after the stored document the test wrote itself
+    assert all("a" not in {d["_id"] for d in b.upserts} for b in written)
+    assert all("a" not in b.deletes for b in written)
+
+
+class LandsThenFails(RecordingStore):
+    """Writes the batch, then reports a failure: the outcome a client cannot tell apart."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lie_times = 1
+
+    async def apply(self, batch: WriteBatch) -> WriteResult:
+        result = await super().apply(batch)
+        if self.lie_times:
+            self.lie_times -= 1
+            raise StoreUnavailableError("the reply was lost")
+        return result
+
+
+async def test_an_insert_that_reached_the_store_in_a_failed_attempt_is_no_collision(
+    source: DictSource,
+) -> None:
+    store = LandsThenFails()
+    wb = WriteBehind(store, source, **FAST)
+    async with wb:
+        wb.mark(1, [source.put("a", hp=1)], [], created_ids=["a"])
+        await asyncio.sleep(0.005)
+        wb.mark(2, [source.put("a", hp=2)], [])
+        await wb.flush()
+    assert wb.statistics().collisions == 0
+    assert (await stored(store))["a"]["hp"] == 2
+
+
+async def test_an_object_created_and_deleted_before_its_write_writes_nothing(
+    source: DictSource, store: RecordingStore
+) -> None:
+    await store.apply(WriteBatch(upserts=[{"_id": "a", "owner": "someone else"}]))
+    wb = WriteBehind(store, source, **FAST)
+    async with wb:
+        wb.mark(1, [source.put("a")], [], created_ids=["a"])
+        wb.mark(2, [], [source.remove("a")])
+        await wb.flush()
+    assert (await stored(store))["a"] == {"_id": "a", "owner": "someone else"}
+
+
+async def test_abandon_returns_what_was_owed_and_stops_at_once(
+    source: DictSource, store: RecordingStore
+) -> None:
+    from synkworld.store._write_behind import DELETE, INSERT, INSERT_UNSURE, UPSERT
+
+    await store.apply(WriteBatch(upserts=[{"_id": "c"}]))
+    store.available = False
+    wb = WriteBehind(store, source, **FAST)
+    async with asyncio.timeout(5):
+        await wb.__aenter__()
+        wb.mark(1, [source.put("a"), source.put("b")], [], created_ids=["a"])
+        await asyncio.sleep(0.05)  # a failed attempt: "a" may have landed
+        wb.mark(2, [], ["c"], created_ids=["d"])
+        owed = await wb.abandon()
+    assert owed == {"a": INSERT_UNSURE, "b": UPSERT, "c": DELETE, "d": INSERT}
+    with pytest.raises(RuntimeError, match="closed"):
+        wb.mark(3, ["a"], [])

@@ -1,0 +1,139 @@
+"""The spill journal: what a shutdown could not write to the store, kept in a local file.
+
+When the store stays away longer than a shutdown may wait, the write-behind's
+pending changes are not dropped: they go to one JSON file beside the process,
+written whole to a temporary file, fsynced and renamed into place (so the file
+is either the old journal or the new one, never half of one). The next
+`Store.load()` replays the journal into the store before it reads anything,
+then removes it.
+
+The file holds one write batch::
+
+    {"format": "synkworld-spill/1", "written_at": <unix time>, "reason": "...",
+     "inserts": [<document>...], "upserts": [<document>...], "deletes": [<id>...]}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from synkworld.store._base import Document, WriteBatch
+from synkworld.store._errors import StoreError
+
+__all__ = ["SPILL_FORMAT", "SpillJournal", "default_spill_dir"]
+
+SPILL_FORMAT = "synkworld-spill/1"
+
+logger = logging.getLogger("synkworld.store")
+
+
+def default_spill_dir() -> Path:
+    """Where spill journals go unless a store says otherwise: $SYNKWORLD_SPILL_DIR, or the cwd."""
+    return Path(os.environ.get("SYNKWORLD_SPILL_DIR") or os.getcwd())
+
+
+class SpillJournal:
+    """One spill file: written atomically, read back, merged with a newer spill."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def exists(self) -> bool:
+        """Tells whether a journal is waiting to be replayed."""
+        return self.path.exists()
+
+    def read(self) -> WriteBatch:
+        """The journal's batch; raises `StoreError` if the file is not a spill journal."""
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise StoreError(f"cannot read the spill journal {self.path}: {exc}") from exc
+        if not isinstance(data, dict) or data.get("format") != SPILL_FORMAT:
+            raise StoreError(f"{self.path} is not a synkworld spill journal ({SPILL_FORMAT})")
+        return WriteBatch(
+            upserts=list(data.get("upserts", [])),
+            deletes=list(data.get("deletes", [])),
+            inserts=list(data.get("inserts", [])),
+        )
+
+    def write(self, batch: WriteBatch, *, reason: str) -> int:
+        """Writes `batch` durably, merged over a journal already there; returns its size.
+
+        A journal that is already there holds older changes (a replay that
+        never happened): the new batch's operations win for the ids it names.
+        """
+        if self.exists():
+            batch = _merged(self.read(), batch)
+        data: dict[str, Any] = {
+            "format": SPILL_FORMAT,
+            "written_at": time.time(),
+            "reason": reason,
+            "inserts": batch.inserts,
+            "upserts": batch.upserts,
+            "deletes": batch.deletes,
+        }
+        raw = orjson.dumps(data)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return len(batch)
+
+    def remove(self) -> None:
+        """Deletes the journal once its batch is in the store."""
+        self.path.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+
+
+def _merged(old: WriteBatch, new: WriteBatch) -> WriteBatch:
+    ops: dict[str, tuple[str, Document | None]] = {}
+    for batch in (old, new):
+        for doc in batch.inserts:
+            prev = ops.get(doc["_id"])
+            # Re-created after a delete that never reached the store: ours to overwrite.
+            kind = "upsert" if prev is not None and prev[0] == "delete" else "insert"
+            ops[doc["_id"]] = (kind, doc)
+        for doc in batch.upserts:
+            prev = ops.get(doc["_id"])
+            kind = "insert" if prev is not None and prev[0] == "insert" else "upsert"
+            ops[doc["_id"]] = (kind, doc)
+        for doc_id in batch.deletes:
+            ops[doc_id] = ("delete", None)
+    return WriteBatch(
+        inserts=[d for kind, d in ops.values() if kind == "insert" and d is not None],
+        upserts=[d for kind, d in ops.values() if kind == "upsert" and d is not None],
+        deletes=[doc_id for doc_id, (kind, _) in ops.items() if kind == "delete"],
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is durable only once the directory entry is.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def log_replay(path: Path, batch: WriteBatch, existing: int, rejected: int) -> None:
+    """Logs what a replay wrote."""
+    logger.warning(
+        "replayed the spill journal %s into the store: %d inserts, %d upserts, %d deletes "
+        "(%d inserts found a stored document, %d documents refused)",
+        path,
+        len(batch.inserts),
+        len(batch.upserts),
+        len(batch.deletes),
+        existing,
+        rejected,
+    )
