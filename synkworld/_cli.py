@@ -32,7 +32,10 @@ class ServeOptions:
     compression: bool = False
 
 
-_LIMIT_TYPES = {f.name: (int if f.type in ("int", int) else float) for f in fields(Limits)}
+_LIMIT_TYPES = {
+    f.name: (int if str(f.type).split(" |")[0] in ("int", "<class 'int'>") else float)
+    for f in fields(Limits)
+}
 
 
 def _env(name: str, default: str | None = None) -> str | None:

@@ -71,7 +71,9 @@ class Connection:
         ws: web.WebSocketResponse,
         session: Session,
         identity: Any,
-        transport: asyncio.Transport | None = None,
+        transport: asyncio.Transport | None,
+        *,
+        direct_writes: bool,
     ) -> None:
         self.server = server
         self.ws = ws
@@ -86,18 +88,41 @@ class Connection:
         self._errors: deque[float] = deque()
         self._writing = False
         self._transport = transport
+        self._close_timeout_s = limits.close_timeout_s
+        self._abort_timer: asyncio.TimerHandle | None = None
         self._socket_buffer_max = limits.socket_buffer_max_bytes
         self._metrics = server.metrics
         session.on_queued = self._wake.set
-        if transport is not None:
+        if direct_writes and transport is not None:
             session.direct_write = self._direct_write
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Closes the connection once what is queued now has been written."""
+        """Closes the connection once what is queued now has been written.
+
+        The closing handshake gets `Limits.close_timeout_s`; then the transport
+        is aborted. A peer that stopped reading would otherwise hold the close
+        frame (and its socket, and megabytes of send buffer) for good: neither
+        the drain nor the wait for its answering close ever ends, and closing
+        cancels the heartbeat that would have dropped it.
+        """
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
+            if self._transport is not None and not self.finished.is_set():
+                self._abort_timer = asyncio.get_running_loop().call_later(
+                    self._close_timeout_s, self._abort
+                )
         self._wake.set()
+
+    def _abort(self) -> None:
+        t = self._transport
+        if t is not None and not self.finished.is_set():
+            log.info(
+                "session %s: no closing handshake within %gs; connection aborted",
+                self.session.sid,
+                self._close_timeout_s,
+            )
+            t.abort()
 
     async def run(self) -> None:
         """Serves the connection until either side closes it."""
@@ -113,6 +138,8 @@ class Connection:
                         self._wake.set()
         finally:
             self.finished.set()
+            if self._abort_timer is not None:
+                self._abort_timer.cancel()
 
     # -- writing ------------------------------------------------------------------------
 
@@ -184,9 +211,9 @@ class Connection:
         try:
             msg = parse_client_message(data)
             if isinstance(msg, ViewMessage):
-                self._apply_keys(self.session.plan_view(msg.map, msg.rect, msg.margin))
+                await self._apply_keys(self.session.plan_view(msg.map, msg.rect, msg.margin))
             elif isinstance(msg, SubMessage):
-                self._apply_keys(self.session.plan_sub(msg.add, msg.rem))
+                await self._apply_keys(self.session.plan_sub(msg.add, msg.rem))
             elif isinstance(msg, CallMessage):
                 await self._call(msg)
             elif isinstance(msg, PingMessage):
@@ -194,10 +221,10 @@ class Connection:
         except ProtocolError as e:
             self._refuse(e)
 
-    def _apply_keys(self, wanted: set[str]) -> None:
+    async def _apply_keys(self, wanted: set[str]) -> None:
         added = wanted - self.session.wanted
         if added:
-            refused = self.server.refused_keys(self.identity, added)
+            refused = await self.server.refused_keys(self.identity, added)
             if refused:
                 shown = ", ".join(repr(k) for k in sorted(refused)[:5])
                 raise ForbiddenError(f"not allowed to subscribe to {shown}")

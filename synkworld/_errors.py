@@ -10,6 +10,7 @@ Callers catch the bases; the code raises the leaves::
     ├── WorldError             an operation does not fit the world's state
     │   ├── UnknownObjectError
     │   └── DuplicateIdError
+    ├── RefusedError           the authentication hook refuses a client (HTTP 401)
     ├── StoreError             persistence failed
     │   ├── StoreUnavailableError   the database cannot be reached (retry later)
     │   └── DocumentRejectedError   the store refuses one document for good
@@ -67,6 +68,22 @@ class UnknownObjectError(WorldError, KeyError):
 
 class DuplicateIdError(WorldError):
     """An object with that id is already in the world."""
+
+
+class RefusedError(SynkError):
+    """Raised by an `authenticate` hook to refuse a client: the upgrade gets HTTP `status`.
+
+    Returning None refuses too. Any other falsy value (False, "", {}, 0) is
+    taken for a bug in the hook, never for an identity: the client gets HTTP
+    500 and the server logs the mistake.
+    """
+
+    def __init__(self, reason: str = "authentication refused", *, status: int = 401) -> None:
+        if status not in (401, 403):
+            raise ValueError(f"a refusal answers 401 or 403, not {status!r}")
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
 
 
 class StoreError(SynkError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import types
@@ -17,6 +18,7 @@ from synkworld._errors import (
     HandlerFailedError,
     NoHandlerError,
     ProtocolError,
+    StoreError,
 )
 from synkworld._objects import FieldSpec
 
@@ -49,6 +51,7 @@ class _Entry:
     fn: Handler
     params: Mapping[str, FieldSpec]
     takes_any: bool
+    durable: bool
 
 
 class HandlerRegistry:
@@ -56,15 +59,29 @@ class HandlerRegistry:
 
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._durable_timeout_s: dict[str, float] = {}
 
-    def register(self, name: str, fn: Handler) -> None:
+    def register(
+        self, name: str, fn: Handler, *, durable: bool = False, durable_timeout_s: float = 10.0
+    ) -> None:
         """Registers `fn(call, **args)` under `name`.
 
         Keyword parameters after the first declare the arguments: their
         annotations (int, float, str, bool, list, dict, Any, 'T | None') are
         checked and their defaults make them optional. A ``**kwargs`` parameter
         accepts any other argument unchecked.
+
+        A `durable` handler is answered only once its changes are in the store
+        (`World.flush_recent()`), so that a client never sees an acknowledgement
+        of a change a crash then loses. That costs one small store write per
+        call (the changes since the last tick, ahead of older pending ones). If the
+        store takes longer than `durable_timeout_s`, the call is answered with
+        `handler_failed`: the change is made and will be written when the store
+        is back, but it is not durable yet.
         """
+        if durable_timeout_s <= 0:
+            raise ConfigError("durable_timeout_s must be positive")
+        self._durable_timeout_s[name] = durable_timeout_s
         if not name or len(name) > 64:
             raise ConfigError("a handler name must have 1-64 characters")
         if name in self._entries:
@@ -93,7 +110,7 @@ class HandlerRegistry:
                 specs[p.name] = FieldSpec(p.name, kind, optional)
             else:
                 specs[p.name] = FieldSpec(p.name, kind, optional, p.default)
-        self._entries[name] = _Entry(fn, types.MappingProxyType(specs), takes_any)
+        self._entries[name] = _Entry(fn, types.MappingProxyType(specs), takes_any, durable)
 
     def names(self) -> list[str]:
         """The registered handler names."""
@@ -128,7 +145,23 @@ class HandlerRegistry:
         except Exception as e:
             log.exception("handler %r failed", call.name)
             raise HandlerFailedError(f"{call.name} failed: {type(e).__name__}") from e
+        if entry.durable:
+            await self._made_durable(call)
         return result
+
+    async def _made_durable(self, call: Call) -> None:
+        timeout_s = self._durable_timeout_s[call.name]
+        try:
+            async with asyncio.timeout(timeout_s):
+                await call.world.flush_recent()
+        except (TimeoutError, StoreError) as e:
+            log.warning(
+                "durable handler %r: its changes are not in the store yet: %s", call.name, e
+            )
+            raise HandlerFailedError(
+                f"{call.name}: the change is made, but the store did not take it within "
+                f"{timeout_s:g}s; it is written once the store is back"
+            ) from None
 
 
 def _kind(hint: Any, handler: str, param: str) -> tuple[str, bool]:

@@ -17,9 +17,11 @@ from typing import Any, Literal, TypeVar
 import orjson
 from aiohttp import web
 
+from synkworld._client_files import CLIENT_PATHS, ClientFile, client_file
 from synkworld._connection import Connection
-from synkworld._errors import ConfigError
+from synkworld._errors import ConfigError, ForbiddenError, RefusedError
 from synkworld._handlers import Handler, HandlerRegistry
+from synkworld._http_guard import AcceptErrorFilter, GuardedSite, default_max_connections
 from synkworld._metrics import Sample, ServerMetrics, render
 from synkworld._persistence import Persistence
 from synkworld._protocol import CLOSE_CODES, MAX_CLIENT_FRAME_BYTES, encode_hello
@@ -33,7 +35,7 @@ __all__ = ["Limits", "Server", "request_token"]
 log = logging.getLogger("synkworld.transport")
 
 Authenticate = Callable[[web.Request, str | None], Any]
-AuthorizeKeys = Callable[[Any, list[str]], Collection[str]]
+AuthorizeKeys = Callable[[Any, list[str]], Collection[str] | Awaitable[Collection[str]]]
 SessionHook = Callable[[Session], Any]
 H = TypeVar("H", bound=Handler)
 
@@ -53,12 +55,42 @@ class Limits:
     error_window_s: float = 10.0
     heartbeat_s: float = 30.0
     socket_buffer_max_bytes: int = 256 * 1024
+    close_timeout_s: float = 2.0
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
+    max_connections: int | None = None  # None: a little below the process's fd limit
+    max_connections_per_address: int | None = None  # None: no limit (right behind a proxy)
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
+            if value is None and name in _OPTIONAL_LIMITS:
+                continue
             if value < 0 or (value == 0 and name != "max_margin"):
                 raise ConfigError(f"Limits.{name} must be positive, not {value!r}")
+
+
+_OPTIONAL_LIMITS = frozenset({"max_connections", "max_connections_per_address"})
+
+
+def _client_file_handler(
+    file: ClientFile,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    headers = {
+        "ETag": file.etag,
+        # Revalidated (a 304 when unchanged) after ten minutes: an upgraded
+        # server's client reaches browsers soon, without a download per page.
+        "Cache-Control": "public, max-age=600",
+    }
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if file.etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers=headers)
+        return web.Response(
+            body=file.body, content_type=file.content_type, charset="utf-8", headers=headers
+        )
+
+    return handle
 
 
 def request_token(request: web.Request) -> str | None:
@@ -88,6 +120,7 @@ class Server:
         autotick: bool = True,
         frame_mode: Literal["shared", "per-client"] = "shared",
         compression: bool = False,
+        serve_client: bool = True,
     ) -> None:
         self.world = world
         self.limits = limits or Limits()
@@ -109,6 +142,8 @@ class Server:
         self.compression = compression
         # Without autotick nothing calls loop.step(): tests drive the ticks themselves.
         self.autotick = autotick
+        # The JavaScript client at /synkworld/client.js (and client.d.ts).
+        self.serve_client = serve_client
         self.authenticate: Authenticate | None = None
         self.authorize_keys: AuthorizeKeys | None = None
         self.on_connect: SessionHook | None = None
@@ -118,17 +153,24 @@ class Server:
         self.persistence: Persistence | None = None
         self._extra_samples: list[Callable[[], list[Sample]]] = []
         self._accepting = False
+        self._site: GuardedSite | None = None
         self.url: str | None = None
         self.loop.on_tick_done(self.metrics.tick_duration.observe)
         self.loop.on_expired(self._close_lagging)
 
     # -- application API --------------------------------------------------------------
 
-    def handler(self, name: str) -> Callable[[H], H]:
-        """Registers a call handler: ``@server.handler("move") def move(call, dx: float): ...``."""
+    def handler(
+        self, name: str, *, durable: bool = False, durable_timeout_s: float = 10.0
+    ) -> Callable[[H], H]:
+        """Registers a call handler: ``@server.handler("move") def move(call, dx: float): ...``.
+
+        With `durable`, the reply waits until the handler's changes are in the
+        store (see `HandlerRegistry.register`).
+        """
 
         def register(fn: H) -> H:
-            self.handlers.register(name, fn)
+            self.handlers.register(name, fn, durable=durable, durable_timeout_s=durable_timeout_s)
             return fn
 
         return register
@@ -165,22 +207,80 @@ class Server:
         """The connected sessions by id."""
         return {sid: c.session for sid, c in self._connections.items()}
 
-    def refused_keys(self, identity: Any, keys: Iterable[str]) -> set[str]:
-        """The keys the authorization hook refuses to `identity` (none without a hook)."""
+    async def refused_keys(self, identity: Any, keys: Iterable[str]) -> set[str]:
+        """The keys the authorization hook refuses to `identity` (none without a hook).
+
+        The hook returns (or, if async, resolves to) the keys it allows. A hook
+        that raises or answers something else is a bug in the application: it
+        is logged, and the client's request is refused with `forbidden`.
+        """
         wanted = sorted(keys)
-        if self.authorize_keys is None or not wanted:
+        hook = self.authorize_keys
+        if hook is None or not wanted:
             return set()
-        allowed = self.authorize_keys(identity, wanted)
+        try:
+            allowed = hook(identity, wanted)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception:
+            log.exception("authorize_keys hook %r failed; the keys are refused", hook)
+            raise ForbiddenError("the server could not check these keys") from None
+        if not isinstance(allowed, Collection) or isinstance(allowed, str | bytes):
+            log.error(
+                "authorize_keys hook %r returned %r, not a collection of the keys it allows; "
+                "the keys are refused",
+                hook,
+                allowed,
+            )
+            raise ForbiddenError("the server could not check these keys")
         return set(wanted) - set(allowed)
+
+    async def _identity(self, request: web.Request) -> Any:
+        """The identity the authentication hook gives the request; raises the HTTP refusal."""
+        hook = self.authenticate
+        if hook is None:
+            return None
+        try:
+            result = hook(request, request_token(request))
+            if inspect.isawaitable(result):
+                result = await result
+        except RefusedError as e:
+            self.metrics.refused_total += 1
+            cls = web.HTTPUnauthorized if e.status == 401 else web.HTTPForbidden
+            raise cls(text=e.reason) from None
+        except web.HTTPException:
+            self.metrics.refused_total += 1
+            raise
+        except Exception:
+            log.exception("authenticate hook %r failed; the client is refused", hook)
+            raise web.HTTPInternalServerError(text="authentication failed") from None
+        if result is None:
+            self.metrics.refused_total += 1
+            raise web.HTTPUnauthorized(text="authentication refused")
+        if not result:
+            # False, "", {}, 0: most likely a hook that meant to refuse. Admitting
+            # the client with that "identity" would let everyone in by mistake.
+            log.error(
+                "authenticate hook %r returned %r: neither an identity nor a refusal "
+                "(return an identity, or None or raise RefusedError to refuse); "
+                "the client is refused",
+                hook,
+                result,
+            )
+            raise web.HTTPInternalServerError(text="authentication failed")
+        return result
 
     # -- the HTTP application ------------------------------------------------------------
 
     def make_app(self) -> web.Application:
         """The aiohttp application with every route."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._request_started])
         app.router.add_get("/ws", self._ws_handler)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
+        if self.serve_client:
+            for path in CLIENT_PATHS:
+                app.router.add_get(path, _client_file_handler(client_file(path)))
         for prefix, directory in self.static_dirs.items():
             app.router.add_static(prefix, directory, show_index=False)
         if self.web_root is not None:
@@ -192,6 +292,15 @@ class Server:
             app.router.add_get("/", index)
             app.router.add_static("/", root, show_index=False)
         return app
+
+    @web.middleware
+    async def _request_started(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # The request's headers are complete: the connection is past the guard's deadline.
+        site = self._site
+        if site is not None and site.guard is not None:
+            site.guard.request_started(request.transport)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
         body = {"ok": True, "tick": self.world.tick, "clients": len(self._connections)}
@@ -306,15 +415,7 @@ class Server:
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         if not self._accepting:
             raise web.HTTPServiceUnavailable(text="the server is shutting down")
-        identity: Any = None
-        if self.authenticate is not None:
-            result = self.authenticate(request, request_token(request))
-            if inspect.isawaitable(result):
-                result = await result
-            if result is None:
-                self.metrics.refused_total += 1
-                raise web.HTTPUnauthorized(text="authentication refused")
-            identity = result
+        identity = await self._identity(request)
         limits = self.limits
         ws = web.WebSocketResponse(
             max_msg_size=MAX_CLIENT_FRAME_BYTES,
@@ -322,9 +423,7 @@ class Server:
             heartbeat=limits.heartbeat_s,
         )
         await ws.prepare(request)
-        # A compressed connection's frames all go through aiohttp's writer,
-        # which owns the connection's compression context: no direct writes.
-        transport = None if ws.compress else request.transport
+        transport = request.transport
         sid = secrets.token_urlsafe(9)
         session = Session(
             sid,
@@ -335,7 +434,9 @@ class Server:
             send_queue_max_frames=limits.send_queue_max_frames,
             send_queue_max_bytes=limits.send_queue_max_bytes,
         )
-        conn = Connection(self, ws, session, identity, transport)
+        # A compressed connection's frames all go through aiohttp's writer,
+        # which owns the connection's compression context: no direct writes.
+        conn = Connection(self, ws, session, identity, transport, direct_writes=not ws.compress)
         hello = encode_hello(
             sid, self.world.tick, self.loop.tick_rate_hz, self.world.grid.describe()
         )
@@ -378,10 +479,32 @@ class Server:
     @contextlib.asynccontextmanager
     async def running(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
         """Serves on host:port while the block runs; yields the base URL (http://host:port)."""
-        runner = web.AppRunner(self.make_app(), handle_signals=False, shutdown_timeout=5.0)
+        limits = self.limits
+        runner = web.AppRunner(
+            self.make_app(),
+            handle_signals=False,
+            shutdown_timeout=5.0,
+            keepalive_timeout=limits.keepalive_timeout_s,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        site = GuardedSite(
+            runner,
+            host,
+            port,
+            header_timeout_s=limits.header_timeout_s,
+            max_connections=limits.max_connections or default_max_connections(),
+            max_connections_per_address=limits.max_connections_per_address,
+        )
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(AcceptErrorFilter(previous_handler))
+        self._site = site
+        try:
+            await site.start()
+        except BaseException:
+            loop.set_exception_handler(previous_handler)
+            await runner.cleanup()
+            raise
         addresses = runner.addresses
         bound_port = addresses[0][1] if addresses else port
         self.url = f"http://{host}:{bound_port}"
@@ -396,6 +519,7 @@ class Server:
         # its failure raised) on the way out. A TaskGroup would wrap exceptions
         # of the caller's block in an ExceptionGroup.
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(loop.set_exception_handler, previous_handler)
             stack.push_async_callback(runner.cleanup)
             if self.persistence is not None:
                 # Entered before the tick starts, left after the last tick and the
@@ -411,7 +535,7 @@ class Server:
                     if ticking is not None and not ticking.done():
                         ticking.cancel()
 
-    async def _shutdown(self, site: web.TCPSite, ticking: asyncio.Task[None] | None) -> None:
+    async def _shutdown(self, site: GuardedSite, ticking: asyncio.Task[None] | None) -> None:
         self._accepting = False
         await site.stop()
         self.loop.stop()
@@ -430,11 +554,40 @@ class Server:
                 log.exception("shutdown hook %r failed", hook)
         log.info("stopped at tick %d", self.world.tick)
 
-    async def serve_forever(self, host: str = "127.0.0.1", port: int = 8080) -> None:
-        """Serves until SIGINT or SIGTERM, then shuts down gracefully."""
+    async def serve_forever(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        ready: Callable[[str], None] | None = None,
+    ) -> None:
+        """Serves until SIGINT or SIGTERM, then shuts down gracefully.
+
+        `ready(url)` is called once the server accepts connections. A second
+        SIGINT or SIGTERM during the shutdown stops waiting for the store: what
+        it has not taken goes to the spill journal at once.
+        """
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        received = 0
+
+        def on_signal(sig: signal.Signals) -> None:
+            nonlocal received
+            received += 1
+            if received == 1:
+                log.info("%s: shutting down", sig.name)
+                stop.set()
+            elif self.persistence is not None:
+                log.warning("%s again: not waiting for the store any longer", sig.name)
+                self.persistence.skip_flush_wait()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        async with self.running(host, port):
-            await stop.wait()
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            async with self.running(host, port) as url:
+                if ready is not None:
+                    ready(url)
+                await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)

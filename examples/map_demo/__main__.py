@@ -22,27 +22,32 @@ def main() -> None:
     p.add_argument("--db", default=None, help="SQLite file [.cache/demo/world.sqlite3]")
     p.add_argument("--mongo", default=None, metavar="URI", help="use MongoDB instead of SQLite")
     p.add_argument("--test-hooks", action="store_true", help="expose the truth handler for tests")
+    p.add_argument(
+        "--pins-not-durable",
+        action="store_true",
+        help="acknowledge pins before they are stored (to measure what durability costs)",
+    )
     a = p.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings = DemoSettings(
-        agents=a.agents, map_size=a.map_size, cell_size=a.cell_size, tick_rate_hz=a.tick_rate
+        agents=a.agents,
+        map_size=a.map_size,
+        cell_size=a.cell_size,
+        tick_rate_hz=a.tick_rate,
+        durable_pins=not a.pins_not_durable,
     )
 
     async def run() -> None:
         store = await open_store(a.db, a.mongo)
         server = await make_demo_server(settings, store, test_hooks=a.test_hooks)
-        async with server.running(a.host, a.port) as url:
-            print(f"\n  synkworld demo: open {url}/ in a browser\n", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            import signal
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+        await server.serve_forever(
+            a.host,
+            a.port,
+            ready=lambda url: print(f"\n  synkworld demo: open {url}/ in a browser\n", flush=True),
+        )
 
     asyncio.run(run())
 

@@ -57,7 +57,6 @@ async def make_demo_server(
         world,
         tick_rate_hz=settings.tick_rate_hz,
         web_root=STATIC,
-        static_dirs={"/web": ROOT / "web"},
         # A map for people in browsers (which offer permessage-deflate): few
         # clients, links slower than loopback. Compressed frames are a third
         # of the size for some CPU per client.

@@ -21,6 +21,7 @@ from synkworld import (
 
 KINDS = ("ship", "whale", "gull", "buoy-tender", "kayak")
 NAMES = ("Ada", "Bo", "Cy", "Di", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kit", "Lu", "Mo", "Nia")
+MAX_AVATARS = 500
 PALETTE = (0xE4572E, 0x17BEBB, 0xFFC914, 0x76B041, 0x9B5DE5, 0xF15BB5, 0x00BBF9, 0xFEE440)
 
 
@@ -56,8 +57,12 @@ class Marker(SynkObject, type="marker"):
     color: int = 0xFFFFFF
 
 
-class Avatar(SynkObject, type="avatar"):
-    """A player's own piece; only its player may steer it."""
+class Avatar(SynkObject, type="avatar", persist=False):
+    """A player's own piece; only its player may steer it.
+
+    It lives as long as its player's session and is never stored: a crowd of
+    connections must not fill the store with avatars.
+    """
 
     name: str
     player: str
@@ -75,6 +80,9 @@ class DemoSettings:
     cell_size: float = 500.0
     tick_rate_hz: float = 20.0
     seed: int = 7
+    # Pins are acknowledged once they are in the store (the page promises that
+    # they survive restarts); off only to measure what that costs.
+    durable_pins: bool = True
 
 
 class Wanderers:
@@ -162,32 +170,40 @@ def install(
     joined = itertools.count(1)
     server.simulation(wanderers.step)
 
-    def on_connect(session: Session) -> None:
-        i = next(joined)
-        avatar = world.create(
-            Avatar(
-                id=f"avatar-{session.sid}",
-                name=f"Player {i}",
-                player=session.sid,
-                color=PALETTE[i % len(PALETTE)],
-                x=size / 2,
-                y=size / 2,
+    spawn = np.random.default_rng(settings.seed + 2)
+
+    def join(session: Session) -> Avatar | None:
+        """The session's avatar, made when its page first says hello (not per connection)."""
+        avatar = avatars.get(session.sid)
+        if avatar is None and len(avatars) < MAX_AVATARS:
+            i = next(joined)
+            # Spread around the middle of the map, so that players do not stack;
+            # whole units, as the map's precision shows them.
+            x, y = np.rint(size / 2 + spawn.uniform(-size / 8, size / 8, 2)).tolist()
+            avatar = world.create(
+                Avatar(
+                    id=f"avatar-{session.sid}",
+                    name=f"Player {i}",
+                    player=session.sid,
+                    color=PALETTE[i % len(PALETTE)],
+                    x=x,
+                    y=y,
+                )
             )
-        )
-        avatars[session.sid] = avatar
+            avatars[session.sid] = avatar
+        return avatar
 
     def on_disconnect(session: Session) -> None:
         avatar = avatars.pop(session.sid, None)
         if avatar is not None and avatar.world is world:
             world.delete(avatar)
 
-    server.on_connect = on_connect
     server.on_disconnect = on_disconnect
 
     @server.handler("hello")
     def hello(call: Call) -> dict[str, object]:
-        """Tells a tab which avatar is its own."""
-        avatar = avatars.get(call.session.sid)
+        """Gives the tab its avatar (made now if it has none yet)."""
+        avatar = join(call.session)
         return {"avatar": avatar.id if avatar else None, "players": len(avatars)}
 
     @server.handler("steer")
@@ -203,9 +219,11 @@ def install(
         world.move(target, min(size, max(0.0, target.x + dx)), min(size, max(0.0, target.y + dy)))
         return {"x": target.x, "y": target.y}
 
-    @server.handler("drop_marker")
+    # Durable: the page says a pin survives a restart, so the reply waits until
+    # the pin is in the store (one write, a few milliseconds on SQLite).
+    @server.handler("drop_marker", durable=settings.durable_pins)
     def drop_marker(call: Call, x: float, y: float, label: str = "") -> dict[str, str]:
-        """Drops a marker on the map; markers are persisted."""
+        """Drops a marker on the map; markers are persisted before the reply."""
         if not (0 <= x <= size and 0 <= y <= size):
             raise BadArgsError("the marker must be on the map")
         if len(label) > 40:

@@ -5,7 +5,7 @@
 A seeded world on one map: most ships wobble inside their own cell, a few roam
 across the map, and signs sit in the channel "lobby". Every change is a function of
 the tick number, so a restarted process rebuilds the same world and replays the same
-motion. It serves the test page at / and the library at /web/, and answers the
+motion. It serves the test page at / (the library is at /synkworld/client.js), and answers the
 call "truth" with what the calling session should hold: the objects under its held
 keys as of the last tick, which is what its cache must equal once the reply (queued
 after that tick's frame) has arrived.
@@ -69,7 +69,6 @@ def make_server() -> Server:
         world,
         tick_rate_hz=20,
         web_root=PAGE,
-        static_dirs={"/web": ROOT / "web"},
         freeze_gc=False,
     )
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -128,3 +132,47 @@ def serve() -> Callable[..., contextlib.AbstractAsyncContextManager[Harness]]:
                     await c.ws.close()
 
     return run
+
+
+def raw_ws_connect(url: str, *, rcvbuf: int | None = None, timeout_s: float = 5.0) -> socket.socket:
+    """A blocking WebSocket client socket after the opening handshake (RFC 6455 4.1).
+
+    A raw socket, unlike aiohttp's client, reads only when told to: it stands
+    for a peer that stops reading.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(timeout_s)
+    sock.connect((host, int(port)))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        (
+            f"GET /ws HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError(f"closed during the handshake: {head!r}")
+        head += chunk
+    if not head.startswith(b"HTTP/1.1 101"):
+        raise ConnectionError(f"handshake refused: {head!r}")
+    return sock
+
+
+def raw_ws_send_text(sock: socket.socket, payload: bytes) -> None:
+    """Sends one masked text frame (clients mask, RFC 6455 5.3)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    sock.sendall(header + mask + masked)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
 import pytest
 
-from synkworld import BadArgsError, Call, ForbiddenError, Server, Session
+from synkworld import BadArgsError, Call, ForbiddenError, RefusedError, Server, Session
 from tests.server.conftest import Ship, make_world
 
 pytestmark = pytest.mark.timeout(60)
@@ -141,3 +142,78 @@ async def test_connect_and_disconnect_hooks(serve: Any) -> None:
         server.on_connect = broken  # a failing hook is logged; the client is still served
         c2 = await h.connect()
         await c2.sync()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status"),
+    [(None, 401), (False, 500), ("", 500), ({}, 500), (0, 500), ([], 500)],
+)
+async def test_authenticate_admits_only_an_identity(serve: Any, answer: Any, status: int) -> None:
+    """Regression: a hook returning False, "" or {} admitted the client with it as identity."""
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+    server.authenticate = lambda request, token: answer
+    async with serve(server) as h:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+            await h.connect()
+        assert e.value.status == status
+        assert not server.sessions
+
+
+async def test_authenticate_refuses_by_raising_and_a_failing_hook_is_a_500(serve: Any) -> None:
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+
+    async def authenticate(request: aiohttp.web.Request, token: str | None) -> Any:
+        if token == "boom":
+            raise KeyError("a bug in the hook")
+        if token == "banned":
+            raise RefusedError("banned", status=403)
+        if token != "ok":
+            raise RefusedError("who are you?")
+        return {"user": "ok"}
+
+    server.authenticate = authenticate
+    async with serve(server) as h:
+        for token, status in (("nope", 401), ("banned", 403), ("boom", 500)):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as e:
+                await h.connect(params={"token": token})
+            assert e.value.status == status, token
+        c = await h.connect(params={"token": "ok"})
+        await c.sync()
+        assert server.metrics.refused_total == 2
+
+
+@pytest.mark.parametrize("fault", ["raises", "returns None", "returns a str", "async"])
+async def test_a_faulty_authorize_keys_hook_answers_forbidden_and_the_connection_stays(
+    serve: Any, fault: str
+) -> None:
+    """Regression: a hook that raised, returned None or was async closed the socket with 1006."""
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+
+    def raising(identity: Any, keys: list[str]) -> list[str]:
+        raise RuntimeError("a bug in the hook")
+
+    async def allow_lobby(identity: Any, keys: list[str]) -> list[str]:
+        await asyncio.sleep(0)
+        return [k for k in keys if k == "lobby"]
+
+    server.authorize_keys = {  # type: ignore[assignment]
+        "raises": raising,
+        "returns None": lambda identity, keys: None,
+        "returns a str": lambda identity, keys: "lobby",
+        "async": allow_lobby,
+    }[fault]
+    async with serve(server) as h:
+        c = await h.connect()
+        await c.send({"m": "sub", "add": ["lobby", "secret"]})
+        err = await c.error()
+        assert err["code"] == "forbidden"
+        await c.sync()  # still connected
+        if fault == "async":
+            assert "secret" in err["msg"]
+            await c.send({"m": "sub", "add": ["lobby"]})
+            await c.sync()
+            h.step()
+            frame = await c.recv()
+            assert frame["sub"] == {"add": ["lobby"]}
+        else:
+            assert "could not check" in err["msg"]

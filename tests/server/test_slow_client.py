@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
+import time
 
 import aiohttp
 import pytest
 
 from synkworld import Limits, Server
 from tests.reference_client import world_truth
-from tests.server.conftest import Ship, WsClient, make_world
+from tests.server.conftest import Ship, WsClient, make_world, raw_ws_connect, raw_ws_send_text
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,3 +83,110 @@ async def test_slow_client_is_skipped_then_resynced() -> None:
             assert client.ref.view() == world_truth(world, held)
         assert slow.ref.resyncs == 1
         assert len(slow.ref.objs) == 3000
+
+
+def _never_reading_server(lag_timeout_s: float) -> tuple[Server, list[Ship]]:
+    world = make_world()
+    rng = random.Random(6)
+    ships = [world.create(Ship(x=rng.uniform(0, 999), y=rng.uniform(0, 999))) for _ in range(2000)]
+    limits = Limits(
+        send_queue_max_frames=4,
+        send_queue_max_bytes=256 * 1024,
+        socket_buffer_max_bytes=32 * 1024,
+        lag_timeout_s=lag_timeout_s,
+        close_timeout_s=1.0,
+    )
+    server = Server(world, tick_rate_hz=50, limits=limits, freeze_gc=False)
+
+    @server.simulation
+    def wander(dt: float) -> None:
+        for s in ships:
+            world.move(s, (s.x + rng.uniform(0, 3)) % 999, (s.y + rng.uniform(0, 3)) % 999)
+
+    return server, ships
+
+
+def _drain_until_closed(sock: socket.socket, timeout_s: float) -> bool:
+    """Reads what the server sent until the connection ends; True if it ended in time."""
+    sock.settimeout(0.5)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except TimeoutError:
+            continue
+        except ConnectionError:
+            return True
+    return False
+
+
+async def test_a_never_reading_client_is_gone_within_the_lag_timeout() -> None:
+    """Regression: the 1013 close of a lagging client awaited a drain that never ended.
+
+    The connection stayed counted, lagging, with its fd and megabytes of send
+    buffer, for as long as the peer stayed.
+    """
+    lag_timeout_s = 1.5
+    server, _ = _never_reading_server(lag_timeout_s)
+    async with aiohttp.ClientSession() as http, server.running() as url:
+        sock = await asyncio.to_thread(raw_ws_connect, url, rcvbuf=4096)
+        raw_ws_send_text(sock, b'{"m":"view","rect":[0,0,999,999],"margin":0}')
+        for _ in range(200):
+            if server.sessions:
+                break
+            await asyncio.sleep(0.02)
+        ((sid, session),) = server.sessions.items()
+        transport = server._connections[sid]._transport
+        assert transport is not None
+        for _ in range(600):
+            if session.lagging:
+                break
+            await asyncio.sleep(0.05)
+        assert session.lagging
+        lagging_at = time.monotonic()
+        while sid in server.sessions and time.monotonic() - lagging_at < lag_timeout_s + 10:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        gone_after = time.monotonic() - lagging_at
+        assert sid not in server.sessions, "the never-reading client is still connected"
+        assert gone_after < lag_timeout_s + 3.0
+        async with http.get(url + "/healthz") as r:
+            assert (await r.json())["clients"] == 0
+        assert transport.is_closing()
+        assert transport.get_write_buffer_size() == 0
+        assert transport.get_extra_info("socket").fileno() == -1
+        assert server.metrics.closed_slow_total == 1
+        assert await asyncio.to_thread(_drain_until_closed, sock, 10.0)
+        sock.close()
+
+
+async def _shutdown_seconds(never_reading: int) -> float:
+    server, _ = _never_reading_server(lag_timeout_s=60)
+    socks: list[socket.socket] = []
+    async with aiohttp.ClientSession() as http:
+        cm = server.running()
+        url = await cm.__aenter__()
+        try:
+            fine = WsClient(await http.ws_connect(url + "/ws"))
+            fine.hello = await fine.recv()
+            for _ in range(never_reading):
+                sock = await asyncio.to_thread(raw_ws_connect, url, rcvbuf=4096)
+                raw_ws_send_text(sock, b'{"m":"view","rect":[0,0,999,999],"margin":0}')
+                socks.append(sock)
+            # Long enough for the never-reading sockets' buffers to fill.
+            await asyncio.sleep(1.5)
+        finally:
+            started = time.monotonic()
+            await cm.__aexit__(None, None, None)
+            took = time.monotonic() - started
+        for sock in socks:
+            sock.close()
+    return took
+
+
+async def test_shutdown_with_never_reading_clients_takes_no_longer_than_without() -> None:
+    """Regression: each never-reading client added some 10 s to shutdown."""
+    without = await _shutdown_seconds(0)
+    with_them = await _shutdown_seconds(3)
+    # Their closing handshakes are abandoned after close_timeout_s (1 s here).
+    assert with_them <= without + 1.0 + 1.0, (without, with_them)

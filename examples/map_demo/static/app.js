@@ -1,7 +1,7 @@
 // @ts-check
 // The demo map's page: one canvas that draws what the client holds, an overlay
 // with the connection's numbers, and the controls (pan, zoom, inspect, pins, steering).
-import { Client, SynkObject, parseGridKey } from "/web/synkworld.js";
+import { Client, SynkObject, parseGridKey } from "/synkworld/client.js";
 
 const MAP = "main";
 /** The server holds at most 256 keys per client by default; stay below with the margin. */

@@ -1,7 +1,7 @@
 // @ts-check
 // The browser test's page: the library from the server's static files, a client on
 // window.synk, and what the test reads on window.synkTest.
-import { Client, SynkObject } from "/web/synkworld.js";
+import { Client, SynkObject } from "/synkworld/client.js";
 
 /** Instance serials: a new serial is a new object. @type {WeakMap<object, number>} */
 const serials = new WeakMap();
@@ -25,7 +25,7 @@ const log = {
 class Ship extends SynkObject {
   static interpolate = ["x", "y"];
 
-  /** @param {import("/web/synkworld.js").RemoveReason} reason */
+  /** @param {import("/synkworld/client.js").RemoveReason} reason */
   teardown(reason) {
     log.shipTeardowns.push([this.id, reason, serials.get(this) ?? null]);
   }

@@ -1,0 +1,1 @@
+../../web/synkworld.d.ts
