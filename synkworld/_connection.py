@@ -99,8 +99,9 @@ class Connection:
     def close_soon(self, code: int, reason: str) -> None:
         """Closes the connection once what is queued now has been written.
 
-        The closing handshake gets `Limits.close_timeout_s`; then the transport
-        is aborted. A peer that stopped reading would otherwise hold the close
+        The closing handshake gets `Limits.close_timeout_s` (none when the peer
+        is not reading now); then the transport is aborted. A peer that stopped
+        reading would otherwise hold the close
         frame (and its socket, and megabytes of send buffer) for good: neither
         the drain nor the wait for its answering close ever ends, and closing
         cancels the heartbeat that would have dropped it.
@@ -108,9 +109,13 @@ class Connection:
         if self.close_code is None:
             self.close_code = code
             self.close_reason = reason
-            if self._transport is not None and not self.finished.is_set():
+            t = self._transport
+            if t is not None and not self.finished.is_set():
+                # A peer that is not reading now will not read the close frame
+                # either: no handshake to wait for.
+                stuck = self.session.lagging or t.get_write_buffer_size() > self._socket_buffer_max
                 self._abort_timer = asyncio.get_running_loop().call_later(
-                    self._close_timeout_s, self._abort
+                    0.0 if stuck else self._close_timeout_s, self._abort
                 )
         self._wake.set()
 

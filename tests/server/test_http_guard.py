@@ -177,6 +177,7 @@ async def test_600_idle_sockets_under_a_512_fd_limit_leave_the_server_usable(
                     await _real_client_works(url, http)
                     accepted += 1
                 assert accepted == 20
+                print(f"\n600 idle sockets open under a 512 fd limit: {accepted}/20 clients served")
                 await asyncio.sleep(2.0)
             assert proc.poll() is None
     finally:

@@ -148,6 +148,7 @@ async def test_a_never_reading_client_is_gone_within_the_lag_timeout() -> None:
         while sid in server.sessions and time.monotonic() - lagging_at < lag_timeout_s + 10:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         gone_after = time.monotonic() - lagging_at
+        print(f"\nnever-reading client gone {gone_after:.2f}s after it went lagging")
         assert sid not in server.sessions, "the never-reading client is still connected"
         assert gone_after < lag_timeout_s + 3.0
         async with http.get(url + "/healthz") as r:
@@ -188,5 +189,6 @@ async def test_shutdown_with_never_reading_clients_takes_no_longer_than_without(
     """Regression: each never-reading client added some 10 s to shutdown."""
     without = await _shutdown_seconds(0)
     with_them = await _shutdown_seconds(3)
-    # Their closing handshakes are abandoned after close_timeout_s (1 s here).
-    assert with_them <= without + 1.0 + 1.0, (without, with_them)
+    print(f"\nshutdown: {without:.2f}s without, {with_them:.2f}s with 3 never-reading clients")
+    # Not reading, they get no closing handshake: their connections are dropped.
+    assert with_them <= without + 0.5, (without, with_them)
