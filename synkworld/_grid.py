@@ -66,6 +66,9 @@ def key_problem(key: str) -> str | None:
 
 
 _RANGE_CACHE_SIZE = 4096
+# The cached ranges hold at most this many keys in all (2 MiB of pointers): a
+# client sending huge rectangles must not make the cache hold every cell 4,096 times.
+_RANGE_CACHE_KEYS = 1 << 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +127,9 @@ class GridMap:
         # Clients pan over the same cell ranges again and again: a range's keys
         # are kept until a cell is added (bounded, oldest dropped first).
         self._range_keys: dict[tuple[int, int, int, int], list[str]] = {}
+        self._range_cached = 0
+        # The smallest range of cell indices that holds every cell.
+        self._span: tuple[int, int, int, int] | None = None
         self._tree = rtree_index.Index(interleaved=True)
         if bounds is not None and fill:
             holes_set = {(int(cx), int(cy)) for cx, cy in holes}
@@ -150,6 +156,13 @@ class GridMap:
         self._cell_keys.append(key)
         self._key_set.add(key)
         self._range_keys.clear()
+        self._range_cached = 0
+        span = self._span
+        self._span = (
+            (cx, cy, cx, cy)
+            if span is None
+            else (min(span[0], cx), min(span[1], cy), max(span[2], cx), max(span[3], cy))
+        )
         # The tree lives in cell-index space, one point per cell, so that a query
         # for a range of cell indices is exact: no float edge cases at borders.
         self._tree.insert(rid, (cx, cy, cx, cy))
@@ -245,16 +258,32 @@ class GridMap:
         if margin < 0:
             raise ValueError("margin must not be negative")
         r = self._range_of_rect(x0, y0, x1, y1, margin=margin, closed=True)
-        if not self._cells:
+        span = self._span
+        if span is None:
             return []
-        cached = self._range_keys.get((r.cx0, r.cy0, r.cx1, r.cy1))
+        # Clipped to the cells that exist, so that all the rectangles that cover
+        # the same cells share one entry of the cache.
+        clipped = (
+            max(r.cx0, span[0]),
+            max(r.cy0, span[1]),
+            min(r.cx1, span[2]),
+            min(r.cy1, span[3]),
+        )
+        if clipped[0] > clipped[2] or clipped[1] > clipped[3]:
+            return []
+        cache = self._range_keys
+        cached = cache.get(clipped)
         if cached is not None:
             return list(cached)
         keys = self._cell_keys
-        found = [keys[i] for i in self._tree.intersection((r.cx0, r.cy0, r.cx1, r.cy1))]
-        if len(self._range_keys) >= _RANGE_CACHE_SIZE:
-            del self._range_keys[next(iter(self._range_keys))]
-        self._range_keys[(r.cx0, r.cy0, r.cx1, r.cy1)] = found
+        found = [keys[i] for i in self._tree.intersection(clipped)]
+        while cache and (
+            len(cache) >= _RANGE_CACHE_SIZE or self._range_cached + len(found) > _RANGE_CACHE_KEYS
+        ):
+            self._range_cached -= len(cache.pop(next(iter(cache))))
+        if len(found) <= _RANGE_CACHE_KEYS:
+            cache[clipped] = found
+            self._range_cached += len(found)
         return list(found)
 
     def is_cell_key(self, key: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -14,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 from synkworld._errors import (
     BadArgsError,
     ConfigError,
+    DuplicateIdError,
     FieldError,
     HandlerFailedError,
     NoHandlerError,
     ProtocolError,
     StoreError,
+    UnknownObjectError,
 )
 from synkworld._objects import FieldSpec
 
@@ -30,6 +33,7 @@ __all__ = ["Call", "HandlerRegistry"]
 
 log = logging.getLogger("synkworld.handlers")
 
+_FAILURE_LOG_INTERVAL_S = 10.0
 _KINDS = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
 
 
@@ -60,6 +64,7 @@ class HandlerRegistry:
     def __init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
         self._durable_timeout_s: dict[str, float] = {}
+        self._failures_logged: dict[str, tuple[float | None, int]] = {}
 
     def register(
         self, name: str, fn: Handler, *, durable: bool = False, durable_timeout_s: float = 10.0
@@ -142,12 +147,37 @@ class HandlerRegistry:
                 result = await result
         except ProtocolError:
             raise
+        except (UnknownObjectError, DuplicateIdError, FieldError) as e:
+            # An id or a value the client sent that the world refuses: the
+            # client's mistake (counted against its error budget), not the
+            # application's, and no traceback for the log.
+            log.debug("handler %r refused its arguments: %s", call.name, e)
+            raise BadArgsError(f"{call.name}: {e}") from None
         except Exception as e:
-            log.exception("handler %r failed", call.name)
+            self._log_failure(call.name)
             raise HandlerFailedError(f"{call.name} failed: {type(e).__name__}") from e
         if entry.durable:
             await self._made_durable(call)
         return result
+
+    def _log_failure(self, name: str) -> None:
+        """Logs a handler's exception with its traceback, at most once per interval per handler.
+
+        Clients decide how often a handler runs: a failing one must not let
+        them fill the log at the rate limit.
+        """
+        now = time.monotonic()
+        last, skipped = self._failures_logged.get(name, (None, 0))
+        if last is not None and now - last < _FAILURE_LOG_INTERVAL_S:
+            self._failures_logged[name] = (last, skipped + 1)
+            return
+        self._failures_logged[name] = (now, 0)
+        log.exception(
+            "handler %r failed (%d more failures not logged in the last %gs)",
+            name,
+            skipped,
+            _FAILURE_LOG_INTERVAL_S,
+        )
 
     async def _made_durable(self, call: Call) -> None:
         timeout_s = self._durable_timeout_s[call.name]

@@ -169,8 +169,12 @@ class GuardedSite(web.TCPSite):
         header_timeout_s: float,
         max_connections: int,
         max_connections_per_address: int | None,
+        backlog: int = 1024,
     ) -> None:
-        super().__init__(runner, host, port)
+        # A backlog of 1,024 rather than aiohttp's 128: when a thousand clients
+        # reconnect at once after a restart, handshakes past the backlog are
+        # dropped and retried only a second or more later.
+        super().__init__(runner, host, port, backlog=backlog)
         self._guard_options = (header_timeout_s, max_connections, max_connections_per_address)
         self.guard: ConnectionGuard | None = None
 

@@ -217,3 +217,32 @@ async def test_a_faulty_authorize_keys_hook_answers_forbidden_and_the_connection
             assert frame["sub"] == {"add": ["lobby"]}
         else:
             assert "could not check" in err["msg"]
+
+
+async def test_ids_and_values_the_world_refuses_are_bad_args_and_failures_log_once(
+    serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: an unknown id in a call was handler_failed with a traceback per call, which
+    never counted against the client: a client could fill the log at the rate limit."""
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+
+    @server.handler("get")
+    def get(call: Call, ship: str) -> float:
+        return call.world[ship].x  # type: ignore[attr-defined,no-any-return]
+
+    @server.handler("teleport")
+    def teleport(call: Call, x: float) -> None:
+        call.world.create(Ship(x=x, y=0))
+
+    @server.handler("crash")
+    def crash(call: Call) -> None:
+        raise ZeroDivisionError("oops")
+
+    async with serve(server) as h:
+        c = await h.connect()
+        err = await c.call("get", {"ship": "ghost"}, 1)
+        assert (err["code"], err["msg"]) == ("bad_args", "get: no object 'ghost' in the world")
+        assert (await c.call("teleport", {"x": 1e300}, 2))["code"] == "bad_args"
+        for i in range(10):
+            assert (await c.call("crash", {}, 10 + i))["code"] == "handler_failed"
+    assert caplog.text.count("handler 'crash' failed") == 1
