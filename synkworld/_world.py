@@ -535,7 +535,10 @@ class World:
         data = self._snapshots.get(key)
         if data is None:
             data = orjson.dumps(self.snapshot_message(key))
-            self._snapshots[key] = data
+            # Only keys that hold objects are kept: clients choose the keys they
+            # ask for, and an empty one's snapshot costs next to nothing anyway.
+            if key in self._by_key:
+                self._snapshots[key] = data
         return data
 
     def snapshot_message(self, key: str) -> dict[str, Any]:

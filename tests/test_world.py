@@ -291,3 +291,11 @@ def test_documents_round_trip() -> None:
     assert batches(w2) == {}
     assert w2.documents([s.id, c.id]) == {k: v for k, v in docs.items() if k != "gone"}
     assert {o.id for o in w2.objects_under("main:1:0")} == {s.id}
+
+
+def test_snapshots_of_empty_keys_are_not_kept() -> None:
+    """Regression: every key a client ever asked for kept a cached snapshot, for good."""
+    world = new_world()
+    for i in range(1000):
+        assert world.snapshot(f"room-{i}") == b'{"k":"room-%d","objs":[]}' % i
+    assert not world._snapshots
