@@ -23,7 +23,7 @@ import orjson
 
 from bench.gridworld_scenario import Motion, PanPath, Scenario, pan_path, pan_rect, view_phase
 from bench.gridworld_server import create_entities
-from synkworld import GridMap, Session, World, deliver_frames
+from synkworld import GridMap, Limits, Session, World, deliver_frames
 
 
 def main() -> None:
@@ -43,7 +43,11 @@ def main() -> None:
     paths = [pan_path(sc, i) for i in range(sc.clients)]
     phases = [view_phase(sc, i) for i in range(sc.clients)]
     sessions = [
-        Session(f"s{i}", world.grid, send_queue_max_frames=10**9, send_queue_max_bytes=10**12)
+        Session(
+            f"s{i}",
+            world.grid,
+            limits=Limits(send_queue_max_frames=10**9, send_queue_max_bytes=10**12),
+        )
         for i in range(sc.clients)
     ]
     for path, s in zip(paths, sessions, strict=True):

@@ -35,6 +35,7 @@ from synkworld._errors import (
 )
 from synkworld._grid import Grid, GridMap, is_grid_key
 from synkworld._handlers import Call
+from synkworld._limits import Limits
 from synkworld._objects import FieldSpec, SynkObject, object_type, registered_types
 from synkworld._protocol import PROTOCOL_VERSION
 from synkworld._sessions import Session, SessionStatistics
@@ -50,7 +51,7 @@ from synkworld._world import TickChanges, World, WorldStatistics
 
 if TYPE_CHECKING:
     from synkworld._persistence import LoadReport, Persistence, load_documents
-    from synkworld._server import Limits, Server, request_token
+    from synkworld._server import Server, request_token
 
 __version__ = "0.1.0"
 
@@ -60,7 +61,6 @@ _LAZY = {
     "LoadReport": "synkworld._persistence",
     "Persistence": "synkworld._persistence",
     "load_documents": "synkworld._persistence",
-    "Limits": "synkworld._server",
     "Server": "synkworld._server",
     "request_token": "synkworld._server",
 }

@@ -14,7 +14,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from synkworld._errors import ConfigError
-from synkworld._server import Limits, Server
+from synkworld._limits import Limits
+from synkworld._server import Server
 
 __all__ = ["ServeOptions", "load_factory", "main"]
 
@@ -103,15 +104,13 @@ async def build_server(factory: Any, options: ServeOptions) -> Server:
     if not isinstance(result, Server):
         raise ConfigError(f"the factory returned {type(result).__name__}, not a synkworld Server")
     server = result
-    if options.tick_rate_hz is not None:
-        if options.tick_rate_hz <= 0:
-            raise ConfigError("--tick-rate-hz must be positive")
-        server.loop.tick_rate_hz = options.tick_rate_hz
-    if options.limits:
-        server.limits = replace(server.limits, **options.limits)
-        server.loop.lag_timeout_s = server.limits.lag_timeout_s
-    if options.compression:
-        server.compression = True
+    if options.tick_rate_hz is not None and options.tick_rate_hz <= 0:
+        raise ConfigError("--tick-rate-hz must be positive")
+    server.configure(
+        tick_rate_hz=options.tick_rate_hz,
+        limits=replace(server.limits, **options.limits) if options.limits else None,
+        compression=True if options.compression else None,
+    )
     return server
 
 

@@ -9,8 +9,7 @@ import inspect
 import logging
 import secrets
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -18,19 +17,21 @@ import orjson
 from aiohttp import web
 
 from synkworld._client_files import CLIENT_PATHS, ClientFile, client_file
-from synkworld._connection import Connection
-from synkworld._errors import ConfigError, ForbiddenError, RefusedError
-from synkworld._handlers import Handler, HandlerRegistry
+from synkworld._client_protocol import ClientProtocol, RunCall
+from synkworld._connection import Connection, Dispatch
+from synkworld._errors import ConfigError, RefusedError
+from synkworld._handlers import Call, Handler, HandlerRegistry
 from synkworld._http_guard import AcceptErrorFilter, GuardedSite, default_max_connections
+from synkworld._limits import Limits
 from synkworld._metrics import Sample, ServerMetrics, render
 from synkworld._persistence import Persistence
-from synkworld._protocol import CLOSE_CODES, MAX_CLIENT_FRAME_BYTES, encode_hello
+from synkworld._protocol import MAX_CLIENT_FRAME_BYTES
 from synkworld._sessions import Session
 from synkworld._tick import TickLoop
 from synkworld._world import TickChanges, World
 from synkworld.store import Store
 
-__all__ = ["Limits", "Server", "request_token"]
+__all__ = ["Server", "request_token"]
 
 log = logging.getLogger("synkworld.transport")
 
@@ -38,39 +39,6 @@ Authenticate = Callable[[web.Request, str | None], Any]
 AuthorizeKeys = Callable[[Any, list[str]], Collection[str] | Awaitable[Collection[str]]]
 SessionHook = Callable[[Session], Any]
 H = TypeVar("H", bound=Handler)
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What one client may do and cost; every field is checked at construction."""
-
-    max_keys: int = 256
-    max_margin: int = 3
-    send_queue_max_frames: int = 64
-    send_queue_max_bytes: int = 4 * 1024 * 1024
-    lag_timeout_s: float = 10.0
-    rate_limit_per_s: float = 60.0
-    rate_limit_burst: float = 120.0
-    max_errors: int = 20
-    error_window_s: float = 10.0
-    heartbeat_s: float = 30.0
-    socket_buffer_max_bytes: int = 256 * 1024
-    close_timeout_s: float = 2.0
-    header_timeout_s: float = 10.0
-    keepalive_timeout_s: float = 15.0
-    max_connections: int | None = None  # None: a little below the process's fd limit
-    max_connections_per_address: int | None = None  # None: no limit (right behind a proxy)
-
-    def __post_init__(self) -> None:
-        for name in self.__dataclass_fields__:
-            value = getattr(self, name)
-            if value is None and name in _OPTIONAL_LIMITS:
-                continue
-            if value < 0 or (value == 0 and name != "max_margin"):
-                raise ConfigError(f"Limits.{name} must be positive, not {value!r}")
-
-
-_OPTIONAL_LIMITS = frozenset({"max_connections", "max_connections_per_address"})
 
 
 def _client_file_handler(
@@ -125,10 +93,7 @@ class Server:
         self.world = world
         self.limits = limits or Limits()
         self.loop = TickLoop(
-            world,
-            tick_rate_hz=tick_rate_hz,
-            lag_timeout_s=self.limits.lag_timeout_s,
-            frame_mode=frame_mode,
+            world, tick_rate_hz=tick_rate_hz, limits=self.limits, frame_mode=frame_mode
         )
         self.handlers = HandlerRegistry()
         self.metrics = ServerMetrics()
@@ -155,6 +120,12 @@ class Server:
         self._accepting = False
         self._site: GuardedSite | None = None
         self.url: str | None = None
+        self._dispatch = Dispatch(
+            check_keys=self.allowed_keys,
+            run_call=self._run_call,
+            clock=self.loop.clock,
+            tick=lambda: self.world.tick,
+        )
         self.loop.on_tick_done(self.metrics.tick_duration.observe)
         self.loop.on_expired(self._close_lagging)
 
@@ -198,6 +169,30 @@ class Server:
         self.add_metrics(self.persistence.samples)
         return self.persistence
 
+    def configure(
+        self,
+        *,
+        tick_rate_hz: float | None = None,
+        limits: Limits | None = None,
+        compression: bool | None = None,
+    ) -> None:
+        """Changes settings given at construction; only before the server runs.
+
+        What the command line's flags use, for factories that build their
+        server without looking at the flags.
+        """
+        if self._site is not None:
+            raise ConfigError("a running server cannot be reconfigured")
+        if tick_rate_hz is not None:
+            if not tick_rate_hz > 0:
+                raise ConfigError("tick_rate_hz must be positive")
+            self.loop.tick_rate_hz = float(tick_rate_hz)
+        if limits is not None:
+            self.limits = limits
+            self.loop.limits = limits
+        if compression is not None:
+            self.compression = compression
+
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Awaits `hook()` during shutdown, after the last tick and the last frames."""
         self._shutdown_hooks.append(hook)
@@ -207,24 +202,24 @@ class Server:
         """The connected sessions by id."""
         return {sid: c.session for sid, c in self._connections.items()}
 
-    async def refused_keys(self, identity: Any, keys: Iterable[str]) -> set[str]:
-        """The keys the authorization hook refuses to `identity` (none without a hook).
+    async def allowed_keys(self, identity: Any, keys: tuple[str, ...]) -> Collection[str]:
+        """The keys among `keys` the authorization hook allows `identity` (all without a hook).
 
         The hook returns (or, if async, resolves to) the keys it allows. A hook
-        that raises or answers something else is a bug in the application: it
-        is logged, and the client's request is refused with `forbidden`.
+        that raises or answers something other than a collection of keys is a
+        bug in the application: it is logged here and raised, and the client's
+        message is refused with `forbidden`.
         """
-        wanted = sorted(keys)
         hook = self.authorize_keys
-        if hook is None or not wanted:
-            return set()
+        if hook is None:
+            return keys
         try:
-            allowed = hook(identity, wanted)
+            allowed = hook(identity, list(keys))
             if inspect.isawaitable(allowed):
                 allowed = await allowed
         except Exception:
             log.exception("authorize_keys hook %r failed; the keys are refused", hook)
-            raise ForbiddenError("the server could not check these keys") from None
+            raise
         if not isinstance(allowed, Collection) or isinstance(allowed, str | bytes):
             log.error(
                 "authorize_keys hook %r returned %r, not a collection of the keys it allows; "
@@ -232,8 +227,12 @@ class Server:
                 hook,
                 allowed,
             )
-            raise ForbiddenError("the server could not check these keys")
-        return set(wanted) - set(allowed)
+            raise TypeError(f"authorize_keys returned {type(allowed).__name__}")
+        return allowed
+
+    async def _run_call(self, session: Session, request: RunCall) -> Any:
+        call = Call(request.name, session.identity, session, self.world)
+        return await self.handlers.call(call, request.args)
 
     async def _identity(self, request: web.Request) -> Any:
         """The identity the authentication hook gives the request; raises the HTTP refusal."""
@@ -424,23 +423,23 @@ class Server:
         )
         await ws.prepare(request)
         transport = request.transport
-        sid = secrets.token_urlsafe(9)
         session = Session(
-            sid,
-            self.world.grid,
-            identity=identity,
-            max_keys=limits.max_keys,
-            max_margin=limits.max_margin,
-            send_queue_max_frames=limits.send_queue_max_frames,
-            send_queue_max_bytes=limits.send_queue_max_bytes,
+            secrets.token_urlsafe(9), self.world.grid, identity=identity, limits=limits
+        )
+        protocol = ClientProtocol(
+            session,
+            limits=limits,
+            now=self.loop.clock(),
+            checks_keys=self.authorize_keys is not None,
+            on_error=self._count_error,
         )
         # A compressed connection's frames all go through aiohttp's writer,
         # which owns the connection's compression context: no direct writes.
-        conn = Connection(self, ws, session, identity, transport, direct_writes=not ws.compress)
-        hello = encode_hello(
-            sid, self.world.tick, self.loop.tick_rate_hz, self.world.grid.describe()
+        conn = Connection(
+            ws, protocol, self._dispatch, self.metrics, transport, direct_writes=not ws.compress
         )
-        session.push_control(hello)
+        protocol.hello(self.world.tick, self.loop.tick_rate_hz, self.world.grid.describe())
+        sid = session.sid
         self._connections[sid] = conn
         self.metrics.connections_total += 1
         self.loop.attach(session)
@@ -471,8 +470,10 @@ class Server:
             log.info(
                 "session %s: closed, behind for over %gs", session.sid, self.limits.lag_timeout_s
             )
-            session.clear()
-            conn.close_soon(CLOSE_CODES["try_again_later"], "too far behind; reconnect")
+            conn.too_far_behind()
+
+    def _count_error(self, code: str) -> None:
+        self.metrics.errors[code] += 1
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -542,7 +543,7 @@ class Server:
         if ticking is not None:
             await ticking
         for conn in list(self._connections.values()):
-            conn.close_soon(CLOSE_CODES["going_away"], "server shutting down")
+            conn.going_away()
         waiting = [c.finished.wait() for c in self._connections.values()]
         if waiting:
             with contextlib.suppress(TimeoutError):

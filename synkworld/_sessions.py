@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from synkworld._errors import BadMessageError, ConfigError, TooManyKeysError
+from synkworld._errors import BadMessageError, TooManyKeysError
 from synkworld._grid import Grid, is_grid_key
+from synkworld._limits import Limits
 
 __all__ = ["Session", "SessionStatistics"]
 
@@ -37,6 +38,9 @@ class SessionStatistics:
     lagging: bool
 
 
+_DEFAULT_LIMITS = Limits()
+
+
 class Session:
     """A subscriber: its keys, its pending subscription change and its bounded queue."""
 
@@ -46,23 +50,17 @@ class Session:
         grid: Grid,
         *,
         identity: Any = None,
-        max_keys: int = 256,
-        max_margin: int = 3,
-        send_queue_max_frames: int = 64,
-        send_queue_max_bytes: int = 4 * 1024 * 1024,
+        limits: Limits = _DEFAULT_LIMITS,
         on_queued: Callable[[], None] | None = None,
     ) -> None:
-        if max_keys < 1 or max_margin < 0:
-            raise ConfigError("max_keys must be >= 1 and max_margin >= 0")
-        if send_queue_max_frames < 1 or send_queue_max_bytes < 1:
-            raise ConfigError("the send queue bounds must be positive")
         self.sid = sid
         self.grid = grid
         self.identity = identity
-        self.max_keys = max_keys
-        self.max_margin = max_margin
-        self.send_queue_max_frames = send_queue_max_frames
-        self.send_queue_max_bytes = send_queue_max_bytes
+        self.limits = limits
+        self.max_keys = limits.max_keys
+        self.max_margin = limits.max_margin
+        self.send_queue_max_frames = limits.send_queue_max_frames
+        self.send_queue_max_bytes = limits.send_queue_max_bytes
         self.on_queued = on_queued
         # Set by the transport: writes a frame at once if the socket can take it.
         self.direct_write: Callable[[bytes], bool] | None = None
@@ -113,10 +111,6 @@ class Session:
             if is_grid_key(k) and self.grid.parse_key(k) is None:
                 raise BadMessageError(f"sub: {k!r} is a grid key of no map of this world")
         return self._checked((self.wanted | add_set) - rem_set)
-
-    def replace_wanted(self, keys: Iterable[str]) -> None:
-        """Sets the wanted keys outright, checked against the cap."""
-        self.wanted = self._checked(set(map(sys.intern, keys)))
 
     def _checked(self, wanted: set[str]) -> set[str]:
         if len(wanted) > self.max_keys:

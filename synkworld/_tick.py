@@ -20,6 +20,7 @@ import orjson
 
 from synkworld._batch import Batch, TickBatches
 from synkworld._errors import ConfigError
+from synkworld._limits import Limits
 from synkworld._protocol import encode_resync, encode_tick
 from synkworld._sessions import Session
 from synkworld._world import TickChanges, World
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("synkworld.tick")
+
+_DEFAULT_LIMITS = Limits()
 
 
 class SnapshotSource(Protocol):
@@ -214,18 +217,16 @@ class TickLoop:
         world: World,
         *,
         tick_rate_hz: float = 20.0,
-        lag_timeout_s: float = 10.0,
+        limits: Limits = _DEFAULT_LIMITS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         frame_mode: Literal["shared", "per-client"] = "shared",
     ) -> None:
         if not tick_rate_hz > 0:
             raise ConfigError("tick_rate_hz must be positive")
-        if not lag_timeout_s > 0:
-            raise ConfigError("lag_timeout_s must be positive")
         self.world = world
         self.tick_rate_hz = float(tick_rate_hz)
-        self.lag_timeout_s = float(lag_timeout_s)
+        self.limits = limits
         self.clock = clock
         self._sleep = sleep
         if frame_mode not in ("shared", "per-client"):
@@ -325,7 +326,7 @@ class TickLoop:
             changes.tick,
             self._sessions.values(),
             now=started,
-            lag_timeout_s=self.lag_timeout_s,
+            lag_timeout_s=self.limits.lag_timeout_s,
         )
         delivered = self.clock()
         phases = (simulated - started, committed - simulated, delivered - committed)

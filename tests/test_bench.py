@@ -13,7 +13,7 @@ import pytest
 
 from bench.gridworld_cache import ClientCache, FrameBreakdown, cache_digest, compare_with_truth
 from bench.gridworld_scenario import Motion, Scenario, pan_path, pan_rect
-from synkworld import GridMap, Session, SynkObject, TickLoop, World
+from synkworld import GridMap, Limits, Session, SynkObject, TickLoop, World
 from tests.reference_client import ReferenceClient, world_truth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def test_the_bench_cache_applies_frames_like_the_reference_client() -> None:
     # One roomy session, and one whose queue holds a single frame (it lags and is resynced).
     sessions = [
         Session("roomy", world.grid),
-        Session("tight", world.grid, send_queue_max_frames=1),
+        Session("tight", world.grid, limits=Limits(send_queue_max_frames=1)),
     ]
     clients = {s.sid: (ClientCache(), ReferenceClient()) for s in sessions}
     hello = {

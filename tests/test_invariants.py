@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 from synkworld import (
     Grid,
     GridMap,
+    Limits,
     Session,
     SynkObject,
     TooManyKeysError,
@@ -66,7 +67,9 @@ class WorldMachine(RuleBasedStateMachine):
         maps = self.world.grid.describe()
         for i in range(n):
             # Small queues, so that a client that stops reading is resynced.
-            s = Session(f"s{i}", self.world.grid, max_keys=40, send_queue_max_frames=3)
+            s = Session(
+                f"s{i}", self.world.grid, limits=Limits(max_keys=40, send_queue_max_frames=3)
+            )
             vx, vy = views[i]
             s.view("main", (vx, vy, vx + 20, vy + 15), 1)
             self.sessions.append(s)

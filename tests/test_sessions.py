@@ -10,6 +10,7 @@ from synkworld import (
     ConfigError,
     Grid,
     GridMap,
+    Limits,
     Session,
     SynkObject,
     TooManyKeysError,
@@ -39,13 +40,13 @@ def test_view_replaces_grid_keys_and_keeps_channel_keys() -> None:
 
 
 def test_margin_is_capped() -> None:
-    s = Session("s", grid(), max_margin=1)
+    s = Session("s", grid(), limits=Limits(max_margin=1))
     s.view("main", (50, 50, 50, 50), 5)
     assert len(s.wanted) == 9
 
 
 def test_too_many_keys_changes_nothing() -> None:
-    s = Session("s", grid(), max_keys=4)
+    s = Session("s", grid(), limits=Limits(max_keys=4))
     s.sub(["a", "b"])
     with pytest.raises(TooManyKeysError, match="limit is 4"):
         s.view("main", (0, 0, 50, 50), 0)
@@ -63,7 +64,7 @@ def test_sub_refuses_what_cannot_be_meant() -> None:
     with pytest.raises(BadMessageError, match="unknown map"):
         s.view("nomap", (0, 0, 1, 1))
     with pytest.raises(ConfigError):
-        Session("s", grid(), max_keys=0)
+        Session("s", grid(), limits=Limits(max_keys=0))
 
 
 def test_subscription_change_applies_after_the_batches() -> None:
@@ -99,7 +100,7 @@ def test_slow_session_is_skipped_then_resynced() -> None:
     g = grid()
     w = World(g)
     dots = [w.create(Dot(x=i * 10 + 1, y=1)) for i in range(5)]
-    s = Session("s", g, send_queue_max_frames=2)
+    s = Session("s", g, limits=Limits(send_queue_max_frames=2))
     c = ReferenceClient(g.describe())
     s.view("main", (0, 0, 99, 9), 0)
     for t in range(6):
@@ -126,7 +127,7 @@ def test_lagging_past_the_limit_is_reported() -> None:
     g = grid()
     w = World(g)
     d = w.create(Dot(x=1, y=1))
-    s = Session("s", g, send_queue_max_frames=1)
+    s = Session("s", g, limits=Limits(send_queue_max_frames=1))
     s.view("main", (0, 0, 1, 1), 0)
     expired = ()
     for t in range(5):
@@ -139,7 +140,7 @@ def test_lagging_past_the_limit_is_reported() -> None:
 
 
 def test_queue_bounds_bytes() -> None:
-    s = Session("s", grid(), send_queue_max_bytes=100)
+    s = Session("s", grid(), limits=Limits(send_queue_max_bytes=100))
     assert s.offer(b"x" * 60, 0)
     assert not s.offer(b"x" * 60, 0)
     assert s.lagging and s.queued_bytes == 60

@@ -6,28 +6,22 @@ import logging
 
 import pytest
 
-from synkworld import ConfigError, GridMap, Session, SynkObject, TickChanges, TickLoop, World
+from synkworld import (
+    ConfigError,
+    GridMap,
+    Limits,
+    Session,
+    SynkObject,
+    TickChanges,
+    TickLoop,
+    World,
+)
+from synkworld.testing import FakeClock
 
 
 class Bee(SynkObject, type="tick-bee"):
     x: float
     y: float
-
-
-class FakeClock:
-    """Time that moves only when the loop sleeps or a test says so."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.sleeps: list[float] = []
-        self.work_s = 0.0  # how long each step takes, as seen by the clock
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_step_runs_simulations_then_commits_then_delivers() -> None:
@@ -91,9 +85,9 @@ async def test_run_keeps_a_fixed_schedule_and_counts_overruns() -> None:
 def test_expired_sessions_are_reported() -> None:
     world = World(GridMap(cell_size=10, bounds=(0, 0, 100, 100)))
     clock = FakeClock()
-    loop = TickLoop(world, lag_timeout_s=1.0, clock=clock)
+    loop = TickLoop(world, limits=Limits(lag_timeout_s=1.0), clock=clock)
     bee = world.create(Bee(x=1, y=1))
-    s = Session("s", world.grid, send_queue_max_frames=1)
+    s = Session("s", world.grid, limits=Limits(send_queue_max_frames=1))
     s.view("main", (0, 0, 5, 5), 0)
     loop.attach(s)
     expired: list[Session] = []
@@ -110,7 +104,7 @@ def test_bad_settings() -> None:
     with pytest.raises(ConfigError):
         TickLoop(world, tick_rate_hz=0)
     with pytest.raises(ConfigError):
-        TickLoop(world, lag_timeout_s=-1)
+        Limits(lag_timeout_s=-1)
 
 
 def test_per_client_frames_carry_the_same_content_as_shared_frames() -> None:
@@ -125,7 +119,9 @@ def test_per_client_frames_carry_the_same_content_as_shared_frames() -> None:
         loop = TickLoop(world, frame_mode=mode)  # type: ignore[arg-type]
         rng = np.random.default_rng(3)
         bees = [world.create(Bee(x=float(x), y=float(y))) for x, y in rng.uniform(0, 99, (100, 2))]
-        sessions = [Session(f"s{i}", world.grid, send_queue_max_frames=3) for i in range(5)]
+        sessions = [
+            Session(f"s{i}", world.grid, limits=Limits(send_queue_max_frames=3)) for i in range(5)
+        ]
         for s in sessions:
             loop.attach(s)
         out: list[list[object]] = [[] for _ in sessions]

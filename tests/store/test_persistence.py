@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from synkworld import DocumentError, GridMap, Server, Session, TickLoop, World
+from synkworld import DocumentError, GridMap, Limits, Server, Session, TickLoop, World
 from synkworld._persistence import Persistence, load_documents
 from synkworld.store import MongoStore, Region, SQLiteStore, Store
 from tests.store.conftest import CLIENT_OPTIONS, MongoServer
@@ -101,7 +101,9 @@ async def test_outage_delays_writes_and_loses_nothing(
     world = new_world()
     loop = TickLoop(world)
     session = Session(
-        "watcher", world.grid, send_queue_max_frames=10_000, send_queue_max_bytes=10**9
+        "watcher",
+        world.grid,
+        limits=Limits(send_queue_max_frames=10_000, send_queue_max_bytes=10**9),
     )
     session.view("main", (0, 0, 999, 999), 1)
     loop.attach(session)

@@ -24,6 +24,7 @@ from synkworld.store import (
     WriteResult,
 )
 from synkworld.store.mongo import MongoStore
+from synkworld.testing import FakeClock
 
 FAST = {"retry_initial_s": 0.01, "retry_max_s": 0.05}
 
@@ -83,14 +84,6 @@ class RecordingStore(MemoryStore):
 
 async def stored(store: Store) -> dict[str, dict[str, Any]]:
     return {doc["_id"]: doc for doc in await store.load()}
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
