@@ -38,13 +38,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from aiohttp import web
 
 from bench.gridworld_scenario import Motion, Scenario
-from synkworld import GridMap, Limits, Server, SynkObject, World
+from bench.naive_frames import NaiveTickLoop
+from synkworld import GridMap, Limits, Server, SynkObject, TickLoop, World
 
 __all__ = ["BenchServer", "Entity", "build_server", "create_entities", "main"]
 
@@ -272,15 +273,13 @@ def build_server(sc: Scenario, *, profile: bool = False) -> BenchServer:
     keys = (int(sc.viewport_w // sc.cell_size) + per_side) * (
         int(sc.viewport_h // sc.cell_size) + per_side
     )
-    frame_mode: Literal["shared", "per-client"] = (
-        "per-client" if sc.mode == "per-client" else "shared"
-    )
+    limits = Limits(max_keys=max(256, 2 * keys))
+    loop_class = NaiveTickLoop if sc.mode == "per-client" else TickLoop
     return BenchServer(
         world,
         sc,
-        tick_rate_hz=sc.tick_rate_hz,
-        limits=Limits(max_keys=max(256, 2 * keys)),
-        frame_mode=frame_mode,
+        limits=limits,
+        loop=loop_class(world, tick_rate_hz=sc.tick_rate_hz, limits=limits),
         compression=sc.compression,
         profile=profile,
     )

@@ -9,6 +9,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from synkworld._batch import Batch, TickBatches
+from synkworld._bus import (
+    Bus,
+    BusPort,
+    LocalBus,
+    SnapshotSource,
+    TickDelivery,
+    WouldBlockError,
+    owns_nothing,
+)
 from synkworld._errors import (
     BadArgsError,
     BadJsonError,
@@ -33,20 +42,14 @@ from synkworld._errors import (
     UnknownObjectError,
     WorldError,
 )
+from synkworld._frames import DeliveryReport, deliver_frames
 from synkworld._grid import Grid, GridMap, is_grid_key
 from synkworld._handlers import Call
 from synkworld._limits import Limits
 from synkworld._objects import FieldSpec, SynkObject, object_type, registered_types
 from synkworld._protocol import PROTOCOL_VERSION
 from synkworld._sessions import Session, SessionStatistics
-from synkworld._tick import (
-    DeliveryReport,
-    SnapshotSource,
-    TickLoop,
-    TickPhases,
-    TickStatistics,
-    deliver_frames,
-)
+from synkworld._tick import TickLoop, TickPhases, TickStatistics
 from synkworld._world import TickChanges, World, WorldStatistics
 
 if TYPE_CHECKING:
@@ -85,6 +88,8 @@ __all__ = [
     "BadJsonError",
     "BadMessageError",
     "Batch",
+    "Bus",
+    "BusPort",
     "Call",
     "ConfigError",
     "DeclarationError",
@@ -100,6 +105,7 @@ __all__ = [
     "HandlerFailedError",
     "Limits",
     "LoadReport",
+    "LocalBus",
     "NoHandlerError",
     "Persistence",
     "ProtocolError",
@@ -115,6 +121,7 @@ __all__ = [
     "SynkObject",
     "TickBatches",
     "TickChanges",
+    "TickDelivery",
     "TickLoop",
     "TickPhases",
     "TickStatistics",
@@ -124,10 +131,12 @@ __all__ = [
     "World",
     "WorldError",
     "WorldStatistics",
+    "WouldBlockError",
     "deliver_frames",
     "is_grid_key",
     "load_documents",
     "object_type",
+    "owns_nothing",
     "registered_types",
     "request_token",
 ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Batch", "BatchBuilder", "TickBatches"]
+__all__ = ["Batch", "BatchBuilder", "TickBatches", "encode_snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +61,12 @@ class _Parts:
 class BatchBuilder:
     """Collects one tick's outcomes per key, then encodes each key's batch once."""
 
-    __slots__ = ("_motion", "_parts", "_ready", "tick")
+    __slots__ = ("_motion", "_parts", "_prefixes", "_ready", "tick")
 
-    def __init__(self, tick: int) -> None:
+    def __init__(self, tick: int, mv_prefixes: dict[str, bytes] | None = None) -> None:
         self.tick = tick
+        # Each key's ``{"k":"<key>","mv":[[``, kept from tick to tick by the caller.
+        self._prefixes = mv_prefixes if mv_prefixes is not None else {}
         self._parts: dict[str, _Parts] = {}
         # `mv` arrays as lists, for batches encoded as messages (a tick committed
         # without encoding, or positions the bulk writer leaves to orjson).
@@ -110,14 +112,6 @@ class BatchBuilder:
         """Records finished, encoded batches; their keys' entries were taken already."""
         self._ready.update(zip(keys, data, strict=True))
 
-    def has_entries(self, key: str) -> bool:
-        """Tells whether `key` has per-object entries (add, mod, rem) so far."""
-        return key in self._parts
-
-    def has_any_entries(self) -> bool:
-        """Tells whether any key has per-object entries so far."""
-        return bool(self._parts)
-
     def take_entries_before_mv(self, key: str) -> bytes:
         """The encoded start of `key`'s batch up to its `mv` arrays: ``{"k":..,"add":..,"mv":[[``.
 
@@ -127,11 +121,32 @@ class BatchBuilder:
         msg = self._message(key, self._parts.pop(key), None)
         return orjson.dumps(msg)[:-1] + b',"mv":[['
 
+    def mv_prefixes(self, keys: list[str]) -> list[bytes]:
+        """What comes before each key's `mv` arrays: ``{"k":"<key>",...,"mv":[[``.
+
+        A key with nothing but motion has its prefix made once and kept; a key
+        with entries too gets them in front (and they are taken out, as by
+        `take_entries_before_mv`).
+        """
+        cache = self._prefixes
+        prefixes = list(map(cache.get, keys))
+        if None in prefixes:
+            for i, (k, p) in enumerate(zip(keys, prefixes, strict=True)):
+                if p is None:
+                    prefixes[i] = cache[k] = b'{"k":%b,"mv":[[' % orjson.dumps(k)
+        if self._parts:
+            take = self.take_entries_before_mv
+            parts = self._parts
+            for i, k in enumerate(keys):
+                if k in parts:
+                    prefixes[i] = take(k)
+        return prefixes  # type: ignore[return-value]
+
     def rem(self, key: str, obj_id: str) -> None:
         """Records an object deleted from the world while under `key`."""
         self._at(key).rem.append({"id": obj_id})
 
-    def messages(self) -> dict[str, dict[str, Any]]:
+    def _messages(self) -> dict[str, dict[str, Any]]:
         """Every touched key's batch as a message, except those recorded already encoded."""
         motion = self._motion
         out = {key: self._message(key, p, motion.get(key)) for key, p in self._parts.items()}
@@ -155,9 +170,15 @@ class BatchBuilder:
             msg["mv"] = mv
         return msg
 
-    def encode(self, messages: dict[str, dict[str, Any]]) -> TickBatches:
-        """Every touched key's batch: the `messages` encoded once each, and the ready ones."""
+    def encode(self) -> TickBatches:
+        """Every touched key's batch: the messages encoded once each, and the ready ones."""
+        messages = self._messages()
         dumps = orjson.dumps
         data = self._ready
         data.update(zip(messages, map(dumps, messages.values()), strict=True))
         return TickBatches(self.tick, data)
+
+
+def encode_snapshot(snapshot: dict[str, Any]) -> bytes:
+    """A snapshot ``{"k": key, "objs": [...]}`` as protocol v1 bytes."""
+    return orjson.dumps(snapshot)

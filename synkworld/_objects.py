@@ -28,7 +28,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Final, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol, Union
 
 import orjson
 
@@ -37,9 +37,45 @@ from synkworld._errors import DeclarationError, DocumentError, FieldError
 if TYPE_CHECKING:
     from synkworld._columns import Columns
     from synkworld._grid import GridMap
-    from synkworld._world import World
 
-__all__ = ["FieldSpec", "SynkObject", "object_type", "registered_types"]
+__all__ = ["Binding", "FieldSpec", "ObjectHost", "SynkObject", "object_type", "registered_types"]
+
+
+class ObjectHost(Protocol):
+    """What an object in a world tells that world, and asks of it (the world implements it)."""
+
+    def field_changed(self, obj: SynkObject, name: str) -> None:
+        """Records that a field of `obj` changed (for the next tick)."""
+
+    def changed_fields(self, obj: SynkObject) -> list[str]:
+        """The fields of `obj` changed since the last tick."""
+
+
+class Binding:
+    """Where an object stands while it is in a world: the world, its columns, its slot.
+
+    The world makes one when it creates the object and hands it over with
+    `SynkObject._bind`; `_unbind` takes it back. Besides these two, the world
+    reads an object's `_binding` and its `_values` (the state of the fields
+    that are not positions): nothing else of an object is touched from outside.
+    """
+
+    __slots__ = ("channel", "cols", "host", "map", "slot")
+
+    def __init__(
+        self,
+        host: ObjectHost,
+        cols: Columns,
+        slot: int,
+        gmap: GridMap | None,
+        channel: str | None,
+    ) -> None:
+        self.host = host
+        self.cols = cols
+        self.slot = slot
+        self.map = gmap
+        self.channel = channel
+
 
 _RESERVED: Final = frozenset(
     {"id", "t", "v", "k", "key", "type", "version", "world", "state", "diff", "map", "owner"}
@@ -125,9 +161,9 @@ class _Field:
         if old is value or (type(old) is type(value) and old == value):
             return
         values[self.name] = value
-        world = obj._world
-        if world is not None:
-            world._field_changed(obj, self.name)
+        binding = obj._binding
+        if binding is not None:
+            binding.host.field_changed(obj, self.name)
 
 
 class _PosField:
@@ -142,10 +178,10 @@ class _PosField:
     def __get__(self, obj: SynkObject | None, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        cols = obj._cols
-        if cols is None:
+        binding = obj._binding
+        if binding is None:
             return obj._values[self.name]
-        return float(cols.pos[self.axis][obj._slot])
+        return float(binding.cols.pos[self.axis][binding.slot])
 
     def __set__(self, obj: SynkObject, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -153,14 +189,14 @@ class _PosField:
         f = float(value)
         if not math.isfinite(f):
             raise FieldError(f"{obj.synk_type}.{self.name} must be finite, not {f}")
-        cols = obj._cols
-        if cols is None:
+        binding = obj._binding
+        if binding is None:
             obj._values[self.name] = f
         else:
             # Motion is found at the tick by comparing the columns with their
             # values at the last tick, so a move needs no dirty bookkeeping here.
-            cols.check_position(obj._slot, f)
-            cols.pos[self.axis][obj._slot] = f
+            binding.cols.check_position(binding.slot, f)
+            binding.cols.pos[self.axis][binding.slot] = f
 
 
 class SynkObject:
@@ -171,17 +207,7 @@ class SynkObject:
     in a world with `World.create`.
     """
 
-    __slots__ = (
-        "__weakref__",
-        "_channel",
-        "_cols",
-        "_map",
-        "_slot",
-        "_values",
-        "_ver",
-        "_world",
-        "id",
-    )
+    __slots__ = ("__weakref__", "_binding", "_values", "_ver", "id")
 
     synk_type: ClassVar[str] = ""
     synk_fields: ClassVar[Mapping[str, FieldSpec]] = {}
@@ -190,11 +216,7 @@ class SynkObject:
 
     id: str
     _values: dict[str, Any]
-    _world: World | None
-    _cols: Columns | None
-    _slot: int
-    _map: GridMap | None
-    _channel: str | None
+    _binding: Binding | None
     _ver: int
 
     def __init_subclass__(
@@ -276,11 +298,7 @@ class SynkObject:
         if id is not None and (not isinstance(id, str) or not id):
             raise FieldError(f"{cls.synk_type}: id must be a non-empty str")
         self.id = id or ""
-        self._world = None
-        self._cols = None
-        self._slot = -1
-        self._map = None
-        self._channel = None
+        self._binding = None
         self._ver = 0
         self._values = _checked_values(cls, fields, error=FieldError, doc_id=None)
 
@@ -289,45 +307,50 @@ class SynkObject:
     @property
     def version(self) -> int:
         """1 when created, then one more for every tick in which the object changed."""
-        cols = self._cols
-        if cols is None:
+        binding = self._binding
+        if binding is None:
             return self._ver
-        return int(cols.ver[self._slot])
+        return int(binding.cols.ver[binding.slot])
 
     @property
     def key(self) -> str | None:
         """The subscription key the object stands under now (None before it is in a world)."""
-        if self._channel is not None:
-            return self._channel
-        gmap = self._map
+        binding = self._binding
+        if binding is None:
+            return None
+        if binding.channel is not None:
+            return binding.channel
+        gmap = binding.map
         if gmap is None or self.synk_position is None:
             return None
         px, py = self.synk_position
         return gmap.key_of(getattr(self, px), getattr(self, py))
 
     @property
-    def world(self) -> World | None:
+    def world(self) -> ObjectHost | None:
         """The world the object is in, if any."""
-        return self._world
+        binding = self._binding
+        return binding.host if binding is not None else None
 
     # -- state -------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """Every declared field and its current value."""
         out = dict(self._values)
-        cols = self._cols
+        binding = self._binding
         pos = self.synk_position
-        if cols is not None and pos is not None:
-            out[pos[0]] = float(cols.pos[0][self._slot])
-            out[pos[1]] = float(cols.pos[1][self._slot])
+        if binding is not None and pos is not None:
+            cols, slot = binding.cols, binding.slot
+            out[pos[0]] = float(cols.pos[0][slot])
+            out[pos[1]] = float(cols.pos[1][slot])
         return out
 
     def diff(self) -> dict[str, Any]:
         """The fields changed since the last tick and their new values."""
-        world = self._world
-        if world is None:
+        binding = self._binding
+        if binding is None:
             return {}
-        names = world._changed_fields(self)
+        names = binding.host.changed_fields(self)
         state = self.state()
         return {n: state[n] for n in names}
 
@@ -336,13 +359,40 @@ class SynkObject:
         for name in names:
             if name not in self.synk_fields:
                 raise FieldError(f"{self.synk_type} has no field {name!r}")
-            if self._world is not None:
-                self._world._field_changed(self, name)
+            if self._binding is not None:
+                self._binding.host.field_changed(self, name)
+
+    # -- in a world ------------------------------------------------------------------
+
+    def _bind(self, binding: Binding) -> None:
+        """Enters a world: a positioned object's position moves into the world's columns.
+
+        The world has written the position (`_values`' two position fields) and
+        the version into `binding.cols` at `binding.slot` already.
+        """
+        pos = self.synk_position
+        if pos is not None and binding.map is not None:
+            del self._values[pos[0]], self._values[pos[1]]
+        self._binding = binding
+
+    def _unbind(self) -> None:
+        """Leaves the world: the position and the version come back from its columns."""
+        binding = self._binding
+        if binding is None:
+            return
+        cols, slot = binding.cols, binding.slot
+        pos = self.synk_position
+        if pos is not None and binding.map is not None:
+            self._values[pos[0]] = float(cols.pos[0][slot])
+            self._values[pos[1]] = float(cols.pos[1][slot])
+        self._ver = int(cols.ver[slot])
+        self._binding = None
 
     def wire_state(self) -> dict[str, Any]:
         """The full state as clients receive it: positions rounded to the map's precision."""
         out = self.state()
-        gmap = self._map
+        binding = self._binding
+        gmap = binding.map if binding is not None else None
         pos = self.synk_position
         if gmap is not None and pos is not None:
             out[pos[0]] = gmap.round_pos(out[pos[0]])
@@ -359,11 +409,7 @@ class SynkObject:
         """Makes an object of this type from a full state (as loaded from a store)."""
         obj = cls.__new__(cls)
         obj.id = id
-        obj._world = None
-        obj._cols = None
-        obj._slot = -1
-        obj._map = None
-        obj._channel = None
+        obj._binding = None
         obj._ver = version
         obj._values = _checked_values(cls, state, error=DocumentError, doc_id=id)
         return obj

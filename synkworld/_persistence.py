@@ -216,7 +216,9 @@ class Persistence:
             )
             return
         reason = self.writer.statistics().last_error or "the store did not answer in time"
-        total = SpillJournal(path).write(batch, reason=reason)
+        total = SpillJournal(path).write(
+            (batch.inserts, batch.upserts, batch.deletes), reason=reason
+        )
         log.warning(
             "shutdown: the store did not take %d objects; they are in %s (%d operations in "
             "all) and will be written by the next start's load",

@@ -11,7 +11,7 @@ import secrets
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -86,15 +86,18 @@ class Server:
         static_dirs: dict[str, str | Path] | None = None,
         freeze_gc: bool = True,
         autotick: bool = True,
-        frame_mode: Literal["shared", "per-client"] = "shared",
+        loop: TickLoop | None = None,
         compression: bool = False,
         serve_client: bool = True,
     ) -> None:
         self.world = world
-        self.limits = limits or Limits()
-        self.loop = TickLoop(
-            world, tick_rate_hz=tick_rate_hz, limits=self.limits, frame_mode=frame_mode
-        )
+        self.limits = limits or (loop.limits if loop is not None else Limits())
+        # A loop given is the server's own (tests and benches make it with a
+        # fake clock, a bus, or a frame encoder of their own).
+        self.loop = loop or TickLoop(world, tick_rate_hz=tick_rate_hz, limits=self.limits)
+        if self.loop.world is not world:
+            raise ConfigError("the tick loop given runs another world")
+        self.loop.limits = self.limits
         self.handlers = HandlerRegistry()
         self.metrics = ServerMetrics()
         self.web_root = Path(web_root) if web_root is not None else None

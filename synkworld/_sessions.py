@@ -2,10 +2,12 @@
 
 A session keeps two key sets. `held` is what the client holds as of the last
 frame it was sent; `wanted` is what it asked for since. The tick moves `held`
-to `wanted` after the tick's batches (PROTOCOL.md's order of application) and
-says which keys were added and removed. The outgoing queue is bounded in frames
-and bytes; a frame that does not fit is dropped and the session is marked
-lagging, to be resynced once the queue has drained.
+to `wanted` after the tick's batches (docs/protocol.md's order of application)
+and says which keys were added and removed; a wanted key whose snapshot is not
+available yet (owned by another process) is added by a later frame. The
+outgoing queue is bounded in frames and bytes; a frame that does not fit is
+dropped and the session is marked lagging, to be resynced once the queue has
+drained.
 """
 
 from __future__ import annotations
@@ -129,17 +131,34 @@ class Session:
         self._wanted = keys
         self._wanted_changed = True
 
-    def take_subscription_change(self) -> tuple[list[str], list[str]]:
-        """Makes the wanted keys held; returns (added, removed), sorted."""
+    def subscription_change(self) -> tuple[list[str], list[str]]:
+        """The keys that would make `held` equal `wanted`: (added, removed), sorted.
+
+        Changes nothing; cheap when the subscription did not change since.
+        """
         if not self._wanted_changed:
             return [], []  # the common case, checked without comparing two sets
-        self._wanted_changed = False
         wanted, held = self._wanted, self.held
         if wanted == held:
+            self._wanted_changed = False
             return [], []
-        added = sorted(wanted - held)
-        removed = sorted(held - wanted)
-        self.held = set(wanted)
+        return sorted(wanted - held), sorted(held - wanted)
+
+    def take_subscription_change(
+        self, added: list[str] | None = None, removed: list[str] | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Makes keys held: all of `subscription_change()`, or the `added` and `removed` given.
+
+        The server chooses when a wanted key becomes held (protocol v1): a key
+        whose snapshot is not here yet stays wanted, and is added by a later
+        frame. Returns (added, removed).
+        """
+        if added is None or removed is None:
+            added, removed = self.subscription_change()
+        if not added and not removed:
+            return [], []
+        held = self.held = (self.held - set(removed)) | set(added)
+        self._wanted_changed = held != self._wanted
         return added, removed
 
     # -- outgoing queue ----------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""The tick loop: simulation steps, then the world's batches, then each session's frame.
+"""The tick loop: simulate, commit, publish to the bus, then each session's frame.
 
-`TickLoop.step` runs one tick synchronously, so tests drive the loop tick by
-tick; `TickLoop.run` calls it on a fixed schedule with an injectable clock.
-Frames are built by `deliver_frames` from a mapping of ready batches, whoever
-made them: the local world now, a bus carrying other processes' batches later.
+A tick is phases with a seam in the middle: the world's commit makes this
+process's batches; they are published to a `Bus` (the commit point); the
+frames of tick n are built from what the bus delivers for tick n. `step` runs
+one tick synchronously for a bus that never waits (the default `LocalBus`), so
+tests drive the loop tick by tick; `step_async` and `run` serve any bus; `run`
+keeps a fixed schedule with an injectable clock.
 """
 
 from __future__ import annotations
@@ -12,172 +14,21 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
 
-import orjson
-
-from synkworld._batch import Batch, TickBatches
+from synkworld._bus import Bus, BusPort, LocalBus, TickDelivery
 from synkworld._errors import ConfigError
+from synkworld._frames import DeliveryReport, FrameEncoder, SharedFrames, deliver_frames
 from synkworld._limits import Limits
-from synkworld._protocol import encode_resync, encode_tick
 from synkworld._sessions import Session
 from synkworld._world import TickChanges, World
 
-__all__ = [
-    "DeliveryReport",
-    "SnapshotSource",
-    "TickLoop",
-    "TickPhases",
-    "TickStatistics",
-    "deliver_frames",
-]
+__all__ = ["TickLoop", "TickPhases", "TickStatistics"]
 
 log = logging.getLogger("synkworld.tick")
 
 _DEFAULT_LIMITS = Limits()
-
-
-class SnapshotSource(Protocol):
-    """Whatever serves the encoded snapshot of a key (the world, or a remote owner)."""
-
-    def snapshot(self, key: str) -> bytes:
-        """The encoded snapshot ``{"k": key, "objs": [...]}`` as of the last tick."""
-        ...
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryReport:
-    """What one round of frame building did."""
-
-    frames: int
-    bytes: int
-    dropped: int
-    resyncs: int
-    expired: tuple[Session, ...]
-
-
-class FrameEncoder(Protocol):
-    """Builds one session's frames for one tick."""
-
-    def tick_frame(
-        self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
-    ) -> bytes | None:
-        """The tick frame for a session that held `held` before this frame."""
-        ...
-
-    def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:
-        """The resync frame for a session that holds `held`."""
-        ...
-
-
-class SharedFrames:
-    """Frames joined from batches encoded once per key: what synkworld does."""
-
-    def __init__(self, batches: Mapping[str, Batch], snapshots: SnapshotSource) -> None:
-        if isinstance(batches, TickBatches):
-            self._get = batches.data.get
-        else:
-            self._get = {k: b.data for k, b in batches.items()}.get
-        self._snapshot = snapshots.snapshot
-
-    def tick_frame(
-        self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
-    ) -> bytes | None:
-        parts = list(filter(None, map(self._get, held)))  # batch bytes are never empty
-        return encode_tick(tick, parts, added, removed, [self._snapshot(k) for k in added])
-
-    def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:
-        return encode_resync(tick, [self._snapshot(k) for k in sorted(held)])
-
-
-class PerClientFrames:
-    """Frames filtered and encoded per client: the naive baseline the benchmark compares with."""
-
-    def __init__(self, messages: Mapping[str, dict[str, Any]], world: World) -> None:
-        self._messages = messages
-        self._world = world
-
-    def tick_frame(
-        self, tick: int, held: Iterable[str], added: list[str], removed: list[str]
-    ) -> bytes | None:
-        get = self._messages.get
-        msg: dict[str, Any] = {"m": "tick", "n": tick}
-        b = [m for m in map(get, held) if m is not None]
-        if b:
-            msg["b"] = b
-        if added or removed:
-            msg["sub"] = {k: v for k, v in (("add", added), ("rem", removed)) if v}
-        if added:
-            msg["snap"] = [self._world.snapshot_message(k) for k in added]
-        return orjson.dumps(msg) if len(msg) > 2 else None
-
-    def resync_frame(self, tick: int, held: Iterable[str]) -> bytes:
-        snaps = [self._world.snapshot_message(k) for k in sorted(held)]
-        return orjson.dumps({"m": "resync", "n": tick, "snap": snaps})
-
-
-def deliver_frames(
-    tick: int,
-    batches: Mapping[str, Batch],
-    sessions: Iterable[Session],
-    snapshots: SnapshotSource,
-    *,
-    now: float,
-    lag_timeout_s: float,
-) -> DeliveryReport:
-    """Builds and queues every session's frame for one tick from ready batch bytes.
-
-    A lagging session gets nothing until its queue has drained, then one
-    ``resync``; one lagging for longer than `lag_timeout_s` is reported as
-    expired for the transport to close.
-    """
-    return deliver_frames_with(
-        SharedFrames(batches, snapshots), tick, sessions, now=now, lag_timeout_s=lag_timeout_s
-    )
-
-
-def deliver_frames_with(
-    encoder: FrameEncoder,
-    tick: int,
-    sessions: Iterable[Session],
-    *,
-    now: float,
-    lag_timeout_s: float,
-) -> DeliveryReport:
-    """`deliver_frames` with any frame encoder."""
-    frames = nbytes = dropped = resyncs = 0
-    expired: list[Session] = []
-    for s in sessions:
-        if s.closed:
-            continue
-        if s.lagging_since is not None:
-            if s.queued_frames == 0:
-                s.take_subscription_change()
-                frame = encoder.resync_frame(tick, s.held)
-                s.push_resync(frame)
-                resyncs += 1
-                frames += 1
-                nbytes += len(frame)
-            else:
-                # Skipped ticks count as dropped frames: the client misses them all.
-                s.frames_dropped += 1
-                dropped += 1
-                if now - s.lagging_since > lag_timeout_s:
-                    expired.append(s)
-            continue
-        held = s.held
-        added, removed = s.take_subscription_change()
-        frame_or_none = encoder.tick_frame(tick, held, added, removed)
-        if frame_or_none is None:
-            continue
-        if s.offer(frame_or_none, now):
-            frames += 1
-            nbytes += len(frame_or_none)
-        else:
-            dropped += 1
-    return DeliveryReport(frames, nbytes, dropped, resyncs, tuple(expired))
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +37,7 @@ class TickPhases:
 
     simulate_s: float = 0.0
     commit_s: float = 0.0
+    bus_s: float = 0.0  # publishing this tick's batches, and waiting for the others'
     frames_s: float = 0.0  # building frames and the writes the engine makes itself
 
 
@@ -220,7 +72,7 @@ class TickLoop:
         limits: Limits = _DEFAULT_LIMITS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        frame_mode: Literal["shared", "per-client"] = "shared",
+        bus: Bus | BusPort | None = None,
     ) -> None:
         if not tick_rate_hz > 0:
             raise ConfigError("tick_rate_hz must be positive")
@@ -229,10 +81,9 @@ class TickLoop:
         self.limits = limits
         self.clock = clock
         self._sleep = sleep
-        if frame_mode not in ("shared", "per-client"):
-            raise ConfigError("frame_mode must be 'shared' or 'per-client'")
-        # "per-client" encodes every client's frame itself: only for baselines.
-        self.frame_mode = frame_mode
+        # A bus, for the loop to attach to as the owner of every key; or a port
+        # already attached (with an ownership of its own).
+        self.port = (bus or LocalBus()).attach(world) if not isinstance(bus, BusPort) else bus
         self._sessions: dict[str, Session] = {}
         self._simulations: list[Simulation] = []
         self._change_listeners: list[Callable[[TickChanges], None]] = []
@@ -247,7 +98,7 @@ class TickLoop:
         self._dropped = 0
         self._resyncs = 0
         self._sim_errors = 0
-        self._phase_totals = [0.0, 0.0, 0.0]
+        self._phase_totals = [0.0, 0.0, 0.0, 0.0]
         self.last_phases = TickPhases()
 
     # -- wiring ----------------------------------------------------------------------
@@ -289,19 +140,44 @@ class TickLoop:
     # -- one tick -----------------------------------------------------------------------
 
     def step(self) -> TickChanges:
-        """Runs one tick: simulations, commit, frames, listeners."""
+        """Runs one tick: simulations, commit, publish, frames, listeners.
+
+        For a bus that never waits (`LocalBus`, the default); `step_async`
+        serves any bus.
+        """
         # A tick makes thousands of short-lived lists and dicts and no cycles;
         # refcounting frees them. Letting the cyclic GC run in the middle of it
         # only rescans them: it runs after the tick instead.
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._step()
+            started, phases, changes = self._simulate_and_commit()
+            self.port.publish_nowait(changes)
+            delivery = self.port.delivery_nowait(changes.tick)
+            return self._deliver(started, phases, changes, delivery)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
-    def _step(self) -> TickChanges:
+    async def step_async(self) -> TickChanges:
+        """Runs one tick, waiting for the bus as long as it takes."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            started, phases, changes = self._simulate_and_commit()
+            await self.port.publish(changes)
+            delivery = await self.port.delivery(changes.tick)
+            return self._deliver(started, phases, changes, delivery)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def frame_encoder(self, delivery: TickDelivery) -> FrameEncoder:
+        """What builds the sessions' frames of a tick: `SharedFrames` (a subclass may differ)."""
+        return SharedFrames(delivery.batches, delivery.snapshots)
+
+    def _simulate_and_commit(self) -> tuple[float, list[float], TickChanges]:
+        """Returns when the tick started, the phases' times so far, and the changes."""
         started = self.clock()
         dt = self.period_s if self._last_step_at is None else started - self._last_step_at
         self._last_step_at = started
@@ -313,23 +189,30 @@ class TickLoop:
                 self._sim_errors += 1
                 log.exception("simulation step %r failed", sim)
         simulated = self.clock()
-        naive = self.frame_mode == "per-client"
-        changes = self.world.commit(encode=not naive)
+        changes = self.world.commit()
         committed = self.clock()
-        encoder: FrameEncoder = (
-            PerClientFrames(changes.messages, self.world)
-            if naive
-            else SharedFrames(changes.batches, self.world)
-        )
-        report = deliver_frames_with(
-            encoder,
-            changes.tick,
+        return started, [simulated, committed], changes
+
+    def _deliver(
+        self, started: float, marks: list[float], changes: TickChanges, delivery: TickDelivery
+    ) -> TickChanges:
+        delivered = self.clock()
+        report: DeliveryReport = deliver_frames(
+            delivery.tick,
+            delivery.batches,
             self._sessions.values(),
+            delivery.snapshots,
             now=started,
             lag_timeout_s=self.limits.lag_timeout_s,
+            encoder=self.frame_encoder(delivery),
         )
-        delivered = self.clock()
-        phases = (simulated - started, committed - simulated, delivered - committed)
+        simulated, committed = marks
+        phases = (
+            simulated - started,
+            committed - simulated,
+            delivered - committed,
+            self.clock() - delivered,
+        )
         self.last_phases = TickPhases(*phases)
         totals = self._phase_totals
         for i, seconds in enumerate(phases):
@@ -338,6 +221,7 @@ class TickLoop:
         self._bytes += report.bytes
         self._dropped += report.dropped
         self._resyncs += report.resyncs
+        # After the publish: a store write never runs ahead of the commit point.
         for listener in self._change_listeners:
             listener(changes)
         for s in report.expired:
@@ -361,7 +245,7 @@ class TickLoop:
         next_at = self.clock()
         self._stopping = False
         while not self._stopping:
-            self.step()
+            await self.step_async()
             next_at += period
             now = self.clock()
             if now > next_at:

@@ -18,9 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 
-from synkworld._batch import BatchBuilder, TickBatches
+from synkworld._batch import BatchBuilder, TickBatches, encode_snapshot
 from synkworld._columns import Columns, position_limit
 from synkworld._errors import (
     DocumentError,
@@ -31,7 +30,7 @@ from synkworld._errors import (
 )
 from synkworld._grid import Grid, GridMap, cell_order, key_problem, looks_like_grid_key
 from synkworld._motion_json import encode_motion, fits, id_rows
-from synkworld._objects import SynkObject, object_type
+from synkworld._objects import Binding, SynkObject, object_type
 
 __all__ = ["TickChanges", "World", "WorldStatistics"]
 
@@ -45,16 +44,13 @@ class TickChanges:
     `changed_ids`, `deleted_ids` and `created_ids` name persisted objects only
     (not those of a type declared with ``persist=False``); `created_ids` are
     the new objects among `changed_ids`, whose first write must not overwrite
-    a stored document. `messages` holds the batches as messages, not encoded,
-    only when the tick was committed with ``encode=False``; `batches` then is
-    empty.
+    a stored document.
     """
 
     tick: int
     batches: TickBatches
     changed_ids: list[str]
     deleted_ids: list[str]
-    messages: Mapping[str, dict[str, Any]]
     created_ids: list[str] = field(default_factory=list)
 
 
@@ -113,7 +109,7 @@ class World:
         # Live objects of types declared with persist=False, and those deleted this tick.
         self._transient: set[str] = set()
         self._snapshots: dict[str, bytes] = {}
-        # Each key's `{"k":"<key>","mv":[[`, made once.
+        # Each key's `{"k":"<key>","mv":[[`, made once (BatchBuilder.mv_prefixes).
         self._mv_prefix: dict[str, bytes] = {}
         self._flushers: list[Flusher] = []
 
@@ -159,7 +155,7 @@ class World:
         A positioned object goes on `map` (the first map by default); a channel
         object needs its `key`. It reaches clients at the next tick.
         """
-        if obj._world is not None:
+        if obj._binding is not None:
             raise WorldError(f"object {obj.id!r} is already in a world")
         cls = type(obj)
         pos = cls.synk_position
@@ -186,29 +182,23 @@ class World:
             raise DuplicateIdError(f"object {oid!r} was deleted in this tick; reuse its id later")
 
         cols = self._cols
-        slot = cols.alloc(oid)
+        limit = 0.0
         if gmap is not None and pos is not None:
-            x = obj._values.pop(pos[0])
-            y = obj._values.pop(pos[1])
+            x, y = obj._values[pos[0]], obj._values[pos[1]]
             limit = position_limit(gmap.cell_size, gmap.origin)
             if abs(x) > limit or abs(y) > limit:
-                obj._values[pos[0]], obj._values[pos[1]] = x, y
-                cols.free(slot)
                 raise FieldError(
                     f"position ({x}, {y}) is outside the range map {gmap.name!r} indexes"
                 )
+        slot = cols.alloc(oid)
+        if gmap is not None and pos is not None:
             cols.pos[0][slot] = x
             cols.pos[1][slot] = y
             cols.map_index[slot] = gmap.index
             cols.scale[slot] = 10.0**gmap.precision
             cols.limit[slot] = limit
-            obj._map = gmap
-        else:
-            obj._channel = key
-        cols.ver[slot] = max(obj._ver, 0)
-        obj._slot = slot
-        obj._cols = cols
-        obj._world = self
+        cols.ver[slot] = max(obj.version, 0)
+        obj._bind(Binding(self, cols, slot, gmap, key if gmap is None else None))
         self._objects[oid] = obj
         self._created[oid] = obj
         if not cls.synk_persist:
@@ -218,7 +208,7 @@ class World:
     def delete(self, obj: SynkObject | str) -> None:
         """Removes an object from the world; its subscribers see it go at the next tick."""
         target = self._objects.get(obj) if isinstance(obj, str) else obj
-        if target is None or target._world is not self:
+        if target is None or target.world is not self:
             raise UnknownObjectError(
                 f"no object {obj if isinstance(obj, str) else obj.id!r} in the world"
             )
@@ -251,9 +241,10 @@ class World:
         """
         out = []
         for o in objs:
-            if o._world is not self or o._map is None:
+            b = o._binding
+            if b is None or b.host is not self or b.map is None:
                 raise WorldError(f"object {o.id!r} is not a positioned object of this world")
-            out.append(o._slot)
+            out.append(b.slot)
         return np.asarray(out, dtype=np.int64)
 
     def positions(
@@ -288,17 +279,12 @@ class World:
 
     # -- the tick ------------------------------------------------------------------------
 
-    def commit(self, *, encode: bool = True) -> TickChanges:
-        """Ends a tick: turns every change since the last one into encoded batches.
-
-        With ``encode=False`` only the batch messages are built (a frame builder
-        that encodes per client, such as the benchmark's naive baseline, needs no
-        shared bytes).
-        """
+    def commit(self) -> TickChanges:
+        """Ends a tick: turns every change since the last one into encoded batches."""
         tick = self.tick + 1
         cols = self._cols
         grid = self.grid
-        out = BatchBuilder(tick)
+        out = BatchBuilder(tick, self._mv_prefix)
         changed_ids: list[str] = []
 
         # 1. Motion of every published positioned object, found by array comparison.
@@ -312,7 +298,7 @@ class World:
         dirty = self._dirty
         if dirty:
             special = np.zeros(top, dtype=bool)
-            special[[o._slot for o in dirty]] = True
+            special[[o._binding.slot for o in dirty]] = True  # type: ignore[union-attr]
             plain_mask &= ~special[moved]
         plain = moved[plain_mask]
         plain_codes = new_codes[plain_mask]
@@ -326,9 +312,11 @@ class World:
 
         # 3. Creations: an `add` with the full state, version 1.
         for oid, obj in self._created.items():
-            cols.ver[obj._slot] = 1 if obj._ver <= 0 else obj._ver
+            slot = obj._binding.slot  # type: ignore[union-attr]
+            if cols.ver[slot] <= 0:
+                cols.ver[slot] = 1
             key = self._publish(obj)
-            out.add(key, oid, obj.synk_type, int(cols.ver[obj._slot]), obj.wire_state())
+            out.add(key, oid, obj.synk_type, int(cols.ver[slot]), obj.wire_state())
             changed_ids.append(oid)
 
         # 4. Objects with changed fields, and objects that crossed into another cell.
@@ -344,7 +332,7 @@ class World:
 
         # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
         if len(plain):
-            self._plain_motion(out, plain, plain_codes, encode=encode)
+            self._plain_motion(out, plain, plain_codes)
             changed_ids.extend(cols.ids[plain].tolist())
 
         created_ids = [oid for oid in self._created if oid not in self._from_store]
@@ -356,15 +344,12 @@ class World:
         self._created = {}
         self._deleted = {}
         self._from_store = set()
-        messages = out.messages()
-        batches = out.encode(messages) if encode else TickBatches(tick, {})
+        batches = out.encode()
         snapshots = self._snapshots
-        for key in batches.data if encode else messages:
+        for key in batches.data:
             snapshots.pop(key, None)
         self.tick = tick
-        return TickChanges(
-            tick, batches, changed_ids, deleted_ids, {} if encode else messages, created_ids
-        )
+        return TickChanges(tick, batches, changed_ids, deleted_ids, created_ids)
 
     def _persisted(
         self, changed: list[str], deleted: list[str], created: list[str]
@@ -393,7 +378,11 @@ class World:
         # The columns are read and written for all of them at once: numpy's
         # per-element access costs more than the rest of an object's outcome.
         # (Every live object's slot is below `top`, the length of `moved_mask`.)
-        slots = np.fromiter((o._slot for o, _ in per_object), dtype=np.int64, count=len(per_object))
+        slots = np.fromiter(
+            (o._binding.slot for o, _ in per_object),  # type: ignore[union-attr]
+            dtype=np.int64,
+            count=len(per_object),
+        )
         did_move = moved_mask[slots]
         code_after = np.zeros(len(moved_mask), dtype=np.int64)
         code_after[moved] = new_codes
@@ -419,9 +408,11 @@ class World:
         for (obj, names), obj_moved, x, y, old_code, code, ver in rows:
             values = obj._values
             diff = {n: values[n] for n in names}
-            channel = obj._channel
+            binding = obj._binding
+            assert binding is not None
+            channel = binding.channel
             old_key = channel if channel is not None else key_for_code(old_code)
-            gmap = obj._map
+            gmap = binding.map
             if gmap is None or not obj_moved:
                 out.mod(old_key, obj.id, ver, diff)
                 changed_ids.append(obj.id)
@@ -446,8 +437,6 @@ class World:
         out: BatchBuilder,
         slots: npt.NDArray[np.int64],
         codes: npt.NDArray[np.int64],
-        *,
-        encode: bool,
     ) -> None:
         cols = self._cols
         cols.ver[slots] += 1
@@ -468,34 +457,32 @@ class World:
         keys = self.grid.keys_for_codes(group_codes.tolist())
         # Every cell's `mv` arrays are written in bulk, straight to bytes; a cell
         # with per-object entries too gets them, encoded, in front of its `mv`.
-        as_lists = np.full(len(keys), not encode)
-        if encode:
-            map_of = group_codes >> 48
-            map_indices = [0] if len(self.grid.maps) == 1 else np.unique(map_of).tolist()
-            for index in map_indices:
-                groups = map_of == index
-                ents = np.repeat(groups, counts)
-                precision = self.grid.map_at(index).precision
-                if not fits(rx[ents], ry[ents], precision):
-                    as_lists |= groups  # orjson writes some of them with an exponent
-                    continue
-                chosen = (
-                    keys
-                    if len(map_indices) == 1
-                    else [keys[g] for g in np.flatnonzero(groups).tolist()]
-                )
-                data = encode_motion(
-                    self._mv_prefixes(chosen, out),
-                    counts[groups],
-                    id_rows(cols.id_json[slots[ents]]),
-                    cols.id_len[slots[ents]],
-                    rx[ents],
-                    ry[ents],
-                    precision,
-                )
-                out.ready(chosen, data)
-            if not as_lists.any():
-                return
+        as_lists = np.zeros(len(keys), dtype=bool)
+        map_of = group_codes >> 48
+        map_indices = [0] if len(self.grid.maps) == 1 else np.unique(map_of).tolist()
+        for index in map_indices:
+            groups = map_of == index
+            ents = np.repeat(groups, counts)
+            precision = self.grid.map_at(index).precision
+            if not fits(rx[ents], ry[ents], precision):
+                as_lists |= groups  # orjson writes some of them with an exponent
+                continue
+            if len(map_indices) == 1:
+                chosen = keys
+            else:
+                chosen = [keys[g] for g in np.flatnonzero(groups).tolist()]
+            data = encode_motion(
+                out.mv_prefixes(chosen),
+                counts[groups],
+                id_rows(cols.id_json[slots[ents]]),
+                cols.id_len[slots[ents]],
+                rx[ents],
+                ry[ents],
+                precision,
+            )
+            out.ready(chosen, data)
+        if not as_lists.any():
+            return
         ents = np.repeat(as_lists, counts)
         scale = scale[ents]
         xr = (rx[ents] / scale).tolist()
@@ -509,32 +496,13 @@ class World:
             {k: [ids[a:b], xr[a:b], yr[a:b]] for k, a, b in zip(chosen, begins, ends, strict=True)}
         )
 
-    def _mv_prefixes(self, keys: list[str], out: BatchBuilder) -> list[bytes]:
-        """What comes before each key's `mv` arrays: ``{"k":"<key>",...,"mv":[[``.
-
-        A key with nothing but motion has its prefix made once and kept.
-        """
-        cache = self._mv_prefix
-        prefixes = list(map(cache.get, keys))
-        if None in prefixes:
-            for i, (k, p) in enumerate(zip(keys, prefixes, strict=True)):
-                if p is None:
-                    prefixes[i] = cache[k] = b'{"k":%b,"mv":[[' % orjson.dumps(k)
-        if out.has_any_entries():
-            take = out.take_entries_before_mv
-            has = out.has_entries
-            for i, k in enumerate(keys):
-                if has(k):
-                    prefixes[i] = take(k)
-        return prefixes  # type: ignore[return-value]
-
     # -- snapshots -----------------------------------------------------------------------
 
     def snapshot(self, key: str) -> bytes:
         """The encoded snapshot of a key as of the last tick; encoded once until the key changes."""
         data = self._snapshots.get(key)
         if data is None:
-            data = orjson.dumps(self.snapshot_message(key))
+            data = encode_snapshot(self.snapshot_message(key))
             # Only keys that hold objects are kept: clients choose the keys they
             # ask for, and an empty one's snapshot costs next to nothing anyway.
             if key in self._by_key:
@@ -548,9 +516,10 @@ class World:
             return {"k": key, "objs": []}
         objs = list(members.values())
         cols = self._cols
-        slots = [o._slot for o in objs]
+        bindings = [o._binding for o in objs]
+        slots = [b.slot for b in bindings]  # type: ignore[union-attr]
         versions = cols.ver.take(slots).tolist()
-        gmap = objs[0]._map
+        gmap = bindings[0].map  # type: ignore[union-attr]
         if gmap is None:
             entries = [
                 {"id": o.id, "t": o.synk_type, "v": v, "s": o.wire_state()}
@@ -679,18 +648,20 @@ class World:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _field_changed(self, obj: SynkObject, name: str) -> None:
+    def field_changed(self, obj: SynkObject, name: str) -> None:
+        """Records that a field of `obj` changed (objects call it; see `SynkObject.touch`)."""
         names = self._dirty.get(obj)
         if names is None:
             self._dirty[obj] = {name}
         else:
             names.add(name)
 
-    def _changed_fields(self, obj: SynkObject) -> list[str]:
+    def changed_fields(self, obj: SynkObject) -> list[str]:
+        """The fields of `obj` changed since the last tick (`SynkObject.diff` asks)."""
         names = set(self._dirty.get(obj, ()))
         pos = type(obj).synk_position
         cols = self._cols
-        slot = obj._slot
+        slot = obj._binding.slot  # type: ignore[union-attr]
         if (
             pos is not None
             and cols.tracked[slot]
@@ -700,14 +671,18 @@ class World:
         return sorted(names)
 
     def _published_key(self, obj: SynkObject) -> str:
-        if obj._channel is not None:
-            return obj._channel
-        return self.grid.key_for_code(int(self._cols.code[obj._slot]))
+        binding = obj._binding
+        assert binding is not None
+        if binding.channel is not None:
+            return binding.channel
+        return self.grid.key_for_code(int(self._cols.code[binding.slot]))
 
     def _publish(self, obj: SynkObject) -> str:
         cols = self._cols
-        slot = obj._slot
-        gmap = obj._map
+        binding = obj._binding
+        assert binding is not None
+        slot = binding.slot
+        gmap = binding.map
         if gmap is not None:
             x, y = float(cols.pos[0][slot]), float(cols.pos[1][slot])
             cols.code[slot] = self.grid.code_of(gmap, x, y)
@@ -727,18 +702,11 @@ class World:
         self._by_key.setdefault(new_key, {})[obj.id] = obj
 
     def _detach(self, obj: SynkObject) -> None:
-        cols = self._cols
-        pos = type(obj).synk_position
-        if pos is not None and obj._cols is not None:
-            obj._values[pos[0]] = float(cols.pos[0][obj._slot])
-            obj._values[pos[1]] = float(cols.pos[1][obj._slot])
-        obj._ver = int(cols.ver[obj._slot])
-        cols.free(obj._slot)
-        obj._cols = None
-        obj._slot = -1
-        obj._world = None
-        obj._map = None
-        obj._channel = None
+        binding = obj._binding
+        assert binding is not None
+        slot = binding.slot
+        obj._unbind()
+        self._cols.free(slot)
 
 
 def _check_channel_key(key: str) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from bench.gridworld_cache import ClientCache, FrameBreakdown, cache_digest, compare_with_truth
 from bench.gridworld_scenario import Motion, Scenario, pan_path, pan_rect
+from bench.naive_frames import NaiveTickLoop
 from synkworld import GridMap, Limits, Session, SynkObject, TickLoop, World
 from tests.reference_client import ReferenceClient, world_truth
 
@@ -246,3 +247,47 @@ def test_a_small_run_with_compression_counts_the_compressed_bytes(tmp_path: Path
     assert run["correctness"]["ok"], run["correctness"]
     wire, payload = wire_and_payload(run)
     assert wire < 0.6 * payload
+
+
+def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> None:
+    import numpy as np
+    import orjson
+
+    def run(loop_class: type[TickLoop]) -> list[list[object]]:
+        world = World(
+            GridMap(cell_size=10, bounds=(0, 0, 100, 100)),
+            id_factory=iter(f"b{i}" for i in range(10**6)).__next__,
+        )
+        loop = loop_class(world)
+        rng = np.random.default_rng(3)
+        bees = [
+            world.create(Critter(x=float(x), y=float(y))) for x, y in rng.uniform(0, 99, (100, 2))
+        ]
+        sessions = [
+            Session(f"s{i}", world.grid, limits=Limits(send_queue_max_frames=3)) for i in range(5)
+        ]
+        for s in sessions:
+            loop.attach(s)
+        out: list[list[object]] = [[] for _ in sessions]
+        for t in range(40):
+            slots = world.slots(bees)
+            xs, ys = world.positions(slots)
+            world.set_positions(
+                slots,
+                np.clip(xs + rng.normal(0, 4, 100), 0, 99),
+                np.clip(ys + rng.normal(0, 4, 100), 0, 99),
+            )
+            for i, s in enumerate(sessions):
+                if t % 7 == i:
+                    x, y = rng.uniform(0, 80, 2)
+                    s.view("main", (x, y, x + 20, y + 20), 1)
+            loop.step()
+            for i, s in enumerate(sessions):
+                if i != 4 or t % 10 == 9:  # session 4 reads rarely: it lags and is resynced
+                    while (f := s.pop()) is not None:
+                        out[i].append(orjson.loads(f))
+        return out
+
+    shared, naive = run(TickLoop), run(NaiveTickLoop)
+    assert shared == naive
+    assert any(f["m"] == "resync" for f in shared[4])  # type: ignore[index]

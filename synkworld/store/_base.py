@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Self, TypeGuard
 
 from synkworld.store._errors import DocumentRejectedError
+from synkworld.store._spill import SpillJournal, default_spill_dir, log_replay
 
 __all__ = [
     "DEFAULT_MAX_DOCUMENT_BYTES",
@@ -144,8 +145,6 @@ class Store(abc.ABC):
         By default a file named after the store's class in `default_spill_dir()`;
         stores override it with a name of their own.
         """
-        from synkworld.store._spill import default_spill_dir
-
         return default_spill_dir() / f"synkworld-spill-{type(self).__name__}.json"
 
     async def load(
@@ -169,17 +168,17 @@ class Store(abc.ABC):
         Raises `StoreUnavailableError` (and keeps the journal) while the store
         cannot be reached.
         """
-        from synkworld.store._spill import SpillJournal, log_replay
-
         path = self.spill_path
         if path is None:
             return 0
         journal = SpillJournal(path)
         if not journal.exists():
             return 0
-        batch = journal.read()
+        spilled = journal.read()
+        inserts, upserts, deletes = spilled
+        batch = WriteBatch(upserts=upserts, deletes=deletes, inserts=inserts)
         result = await self.apply(batch)
-        log_replay(path, batch, len(result.existing), len(result.rejected))
+        log_replay(path, spilled, len(result.existing), len(result.rejected))
         journal.remove()
         return len(batch)
 

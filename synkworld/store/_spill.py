@@ -23,10 +23,13 @@ from typing import Any
 
 import orjson
 
-from synkworld.store._base import Document, WriteBatch
 from synkworld.store._errors import StoreError
 
-__all__ = ["SPILL_FORMAT", "SpillJournal", "default_spill_dir"]
+__all__ = ["SPILL_FORMAT", "SpillJournal", "Spilled", "default_spill_dir"]
+
+Document = dict[str, Any]
+Spilled = tuple[list[Document], list[Document], list[str]]
+"""A journal's operations: (inserts, upserts, deletes), as in a `WriteBatch`."""
 
 SPILL_FORMAT = "synkworld-spill/1"
 
@@ -48,35 +51,36 @@ class SpillJournal:
         """Tells whether a journal is waiting to be replayed."""
         return self.path.exists()
 
-    def read(self) -> WriteBatch:
-        """The journal's batch; raises `StoreError` if the file is not a spill journal."""
+    def read(self) -> Spilled:
+        """The journal's operations; raises `StoreError` if the file is not a spill journal."""
         try:
             data = orjson.loads(self.path.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
             raise StoreError(f"cannot read the spill journal {self.path}: {exc}") from exc
         if not isinstance(data, dict) or data.get("format") != SPILL_FORMAT:
             raise StoreError(f"{self.path} is not a synkworld spill journal ({SPILL_FORMAT})")
-        return WriteBatch(
-            upserts=list(data.get("upserts", [])),
-            deletes=list(data.get("deletes", [])),
-            inserts=list(data.get("inserts", [])),
+        return (
+            list(data.get("inserts", [])),
+            list(data.get("upserts", [])),
+            list(data.get("deletes", [])),
         )
 
-    def write(self, batch: WriteBatch, *, reason: str) -> int:
-        """Writes `batch` durably, merged over a journal already there; returns its size.
+    def write(self, spilled: Spilled, *, reason: str) -> int:
+        """Writes the operations durably, merged over a journal already there; returns how many.
 
         A journal that is already there holds older changes (a replay that
-        never happened): the new batch's operations win for the ids it names.
+        never happened): the new operations win for the ids they name.
         """
         if self.exists():
-            batch = _merged(self.read(), batch)
+            spilled = _merged(self.read(), spilled)
+        inserts, upserts, deletes = spilled
         data: dict[str, Any] = {
             "format": SPILL_FORMAT,
             "written_at": time.time(),
             "reason": reason,
-            "inserts": batch.inserts,
-            "upserts": batch.upserts,
-            "deletes": batch.deletes,
+            "inserts": inserts,
+            "upserts": upserts,
+            "deletes": deletes,
         }
         raw = orjson.dumps(data)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +91,7 @@ class SpillJournal:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
-        return len(batch)
+        return len(inserts) + len(upserts) + len(deletes)
 
     def remove(self) -> None:
         """Deletes the journal once its batch is in the store."""
@@ -95,24 +99,24 @@ class SpillJournal:
         _fsync_dir(self.path.parent)
 
 
-def _merged(old: WriteBatch, new: WriteBatch) -> WriteBatch:
+def _merged(old: Spilled, new: Spilled) -> Spilled:
     ops: dict[str, tuple[str, Document | None]] = {}
-    for batch in (old, new):
-        for doc in batch.inserts:
+    for inserts, upserts, deletes in (old, new):
+        for doc in inserts:
             prev = ops.get(doc["_id"])
             # Re-created after a delete that never reached the store: ours to overwrite.
             kind = "upsert" if prev is not None and prev[0] == "delete" else "insert"
             ops[doc["_id"]] = (kind, doc)
-        for doc in batch.upserts:
+        for doc in upserts:
             prev = ops.get(doc["_id"])
             kind = "insert" if prev is not None and prev[0] == "insert" else "upsert"
             ops[doc["_id"]] = (kind, doc)
-        for doc_id in batch.deletes:
+        for doc_id in deletes:
             ops[doc_id] = ("delete", None)
-    return WriteBatch(
-        inserts=[d for kind, d in ops.values() if kind == "insert" and d is not None],
-        upserts=[d for kind, d in ops.values() if kind == "upsert" and d is not None],
-        deletes=[doc_id for doc_id, (kind, _) in ops.items() if kind == "delete"],
+    return (
+        [d for kind, d in ops.values() if kind == "insert" and d is not None],
+        [d for kind, d in ops.values() if kind == "upsert" and d is not None],
+        [doc_id for doc_id, (kind, _) in ops.items() if kind == "delete"],
     )
 
 
@@ -125,15 +129,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def log_replay(path: Path, batch: WriteBatch, existing: int, rejected: int) -> None:
+def log_replay(path: Path, spilled: Spilled, existing: int, rejected: int) -> None:
     """Logs what a replay wrote."""
+    inserts, upserts, deletes = spilled
     logger.warning(
         "replayed the spill journal %s into the store: %d inserts, %d upserts, %d deletes "
         "(%d inserts found a stored document, %d documents refused)",
         path,
-        len(batch.inserts),
-        len(batch.upserts),
-        len(batch.deletes),
+        len(inserts),
+        len(upserts),
+        len(deletes),
         existing,
         rejected,
     )

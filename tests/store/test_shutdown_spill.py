@@ -54,13 +54,13 @@ async def test_shutdown_waits_a_bounded_time_then_spills_and_the_next_load_repla
         started = time.monotonic()
     took = time.monotonic() - started
     assert took < 0.5 + 1.0
-    journal = SpillJournal(tmp_path / "spill.json").read()
+    inserts, upserts, deletes = SpillJournal(tmp_path / "spill.json").read()
     # "fresh" was in write attempts that failed: it may have reached the store,
     # so it is spilled as an upsert, not as an insert.
-    spilled = {d["_id"]: d for d in [*journal.upserts, *journal.inserts]}
+    spilled = {d["_id"]: d for d in [*upserts, *inserts]}
     assert set(spilled) == {f"c{i}" for i in range(20)} | {"fresh"}
     assert spilled["fresh"]["label"] == "after the last tick"
-    assert journal.deletes == ["c49"]
+    assert deletes == ["c49"]
     store.available = True
     store._closed = False  # the same memory, opened again
     docs = {d["_id"]: d for d in await store.load()}
@@ -172,9 +172,9 @@ async def test_sigterm_with_the_store_down_exits_in_time_and_the_next_start_writ
     if signals == 1:
         assert "shutdown: waiting for the store to take" in text
     spill = tmp_path / f"synkworld-spill-{mongo_db_name}.objects.json"
-    journal = SpillJournal(spill).read()
+    inserts, upserts, _ = SpillJournal(spill).read()
     truth = orjson.loads(truth_path.read_bytes())
-    spilled = [*journal.inserts, *journal.upserts]
+    spilled = [*inserts, *upserts]
     assert len(spilled) > 20
     for doc in spilled:
         assert doc == truth[doc["_id"]]

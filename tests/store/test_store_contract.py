@@ -420,11 +420,7 @@ async def test_load_replays_a_spill_journal_first(store: Store, tmp_path: Path) 
         pytest.skip("this store keeps no spill journal")
     await store.apply(WriteBatch(upserts=[entity("gone", "main:0:0", 1, 1)]))
     SpillJournal(path).write(
-        WriteBatch(
-            inserts=[entity("n", "main:0:0", 4, 4)],
-            upserts=[entity("u", "main:1:0", 300, 4, hp=3)],
-            deletes=["gone"],
-        ),
+        ([entity("n", "main:0:0", 4, 4)], [entity("u", "main:1:0", 300, 4, hp=3)], ["gone"]),
         reason="a test",
     )
     assert by_id(await store.load()) == {

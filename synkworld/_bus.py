@@ -1,0 +1,216 @@
+"""The seam between a tick's commit and its frames: the bus.
+
+A tick is phases: simulate, commit (this process's batches), publish them to
+the bus, then build the frames of tick n from what the bus delivers for tick n.
+With one process the bus is `LocalBus`, which hands the committed batches to
+the frame builder by reference. With several processes on one map, a bus
+carries each owner's batch bytes to every process, and snapshots of keys owned
+elsewhere come from it too, maybe a tick or more after they were asked for.
+
+- `BusPort`: one tick loop's end of a bus. `publish` is the commit point of a
+  tick; `delivery` is what its frames are built from.
+- `SnapshotSource.snapshot(key)` may answer None: the snapshot is not here
+  yet (it has been asked for); the session keeps the key wanted, and the frame
+  that carries its snapshot is the one whose `sub.add` holds it.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from synkworld._errors import SynkError
+from synkworld._world import TickChanges, World
+
+__all__ = [
+    "Bus",
+    "BusPort",
+    "LocalBus",
+    "SnapshotSource",
+    "TickDelivery",
+    "WouldBlockError",
+    "owns_nothing",
+]
+
+
+class SnapshotSource(Protocol):
+    """Whatever serves the encoded snapshot of a key (the world, or a remote owner)."""
+
+    def snapshot(self, key: str) -> bytes | None:
+        """``{"k": key, "objs": [...]}`` as of the last tick; None if it is not here yet."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TickDelivery:
+    """What the frames of one tick are built from."""
+
+    tick: int
+    batches: Mapping[str, bytes]
+    """Every key's batch bytes of this tick, this process's and the others'."""
+    snapshots: SnapshotSource
+
+
+class WouldBlockError(SynkError):
+    """A `*_nowait` call of a bus that would have to wait (for another process)."""
+
+
+class BusPort(abc.ABC):
+    """One tick loop's end of a bus."""
+
+    @abc.abstractmethod
+    async def publish(self, changes: TickChanges) -> None:
+        """Makes this process's batches of tick `changes.tick` available to every process."""
+
+    @abc.abstractmethod
+    async def delivery(self, tick: int) -> TickDelivery:
+        """Waits for tick `tick`'s batches of every owner; returns what frames are built from."""
+
+    def publish_nowait(self, changes: TickChanges) -> None:
+        """`publish`, for a bus that never waits; raises `WouldBlockError` otherwise."""
+        raise WouldBlockError(f"{type(self).__name__} cannot publish without waiting")
+
+    def delivery_nowait(self, tick: int) -> TickDelivery:
+        """`delivery`, for a bus that never waits; raises `WouldBlockError` otherwise."""
+        raise WouldBlockError(f"{type(self).__name__} cannot deliver without waiting")
+
+
+class Bus(abc.ABC):
+    """Connects the tick loops that share one map."""
+
+    @abc.abstractmethod
+    def attach(self, world: World, *, owns: Callable[[str], bool] | None = None) -> BusPort:
+        """The port of a tick loop whose `world` holds the objects of the keys it `owns`.
+
+        None: it owns every key (one process serves the whole map).
+        """
+
+
+_EVERYTHING: Callable[[str], bool] = lambda key: True  # noqa: E731
+
+
+class LocalBus(Bus):
+    """Tick loops in one process: the committed batches go to the frames by reference.
+
+    Several loops may share it (a world that owns the map, and loops that only
+    fan its frames out to sessions of their own): their frames of tick n are
+    built from every owner's batches of tick n, and a snapshot comes from the
+    world that owns the key. `snapshot_delay_ticks` makes the snapshots of keys
+    a loop does not own arrive that many ticks after they were first asked
+    for, as they would from another process.
+    """
+
+    def __init__(self, *, snapshot_delay_ticks: int = 0) -> None:
+        if snapshot_delay_ticks < 0:
+            raise ValueError("snapshot_delay_ticks must not be negative")
+        self.snapshot_delay_ticks = snapshot_delay_ticks
+        self._owners: list[_LocalPort] = []
+        self._published: dict[int, dict[_LocalPort, Mapping[str, bytes]]] = {}
+        self._arrived: dict[int, asyncio.Event] = {}
+
+    def attach(self, world: World, *, owns: Callable[[str], bool] | None = None) -> BusPort:
+        port = _LocalPort(self, world, owns)
+        if owns is not owns_nothing:
+            self._owners.append(port)
+        return port
+
+    def _publish(self, port: _LocalPort, tick: int, batches: Mapping[str, bytes]) -> None:
+        published = self._published.setdefault(tick, {})
+        published[port] = batches
+        if len(published) == len(self._owners):
+            event = self._arrived.pop(tick, None)
+            if event is not None:
+                event.set()
+        # Nobody builds frames of ticks this old any more.
+        for old in [t for t in self._published if t < tick - 64]:
+            del self._published[old]
+
+    def _batches(self, tick: int) -> Mapping[str, bytes] | None:
+        published = self._published.get(tick)
+        if published is None or len(published) < len(self._owners):
+            return None
+        if len(published) == 1:
+            (only,) = published.values()
+            return only  # by reference: one process owns the map
+        merged: dict[str, bytes] = {}
+        for batches in published.values():
+            merged.update(batches)
+        return merged
+
+    async def _wait(self, tick: int) -> Mapping[str, bytes]:
+        while (batches := self._batches(tick)) is None:
+            event = self._arrived.setdefault(tick, asyncio.Event())
+            await event.wait()
+        return batches
+
+    def _owner_of(self, key: str) -> _LocalPort | None:
+        for port in self._owners:
+            if port.owns(key):
+                return port
+        return None
+
+
+def owns_nothing(key: str) -> bool:
+    """The `owns` of a loop that only fans out other loops' frames (a gateway)."""
+    return False
+
+
+class _LocalPort(BusPort):
+    __slots__ = ("_asked", "_bus", "_tick", "owns", "world")
+
+    def __init__(self, bus: LocalBus, world: World, owns: Callable[[str], bool] | None) -> None:
+        self._bus = bus
+        self.world = world
+        self.owns = _EVERYTHING if owns is None else owns
+        self._asked: dict[str, int] = {}
+        self._tick = 0
+
+    async def publish(self, changes: TickChanges) -> None:
+        self.publish_nowait(changes)
+
+    def publish_nowait(self, changes: TickChanges) -> None:
+        self._tick = changes.tick
+        if self in self._bus._owners:
+            self._bus._publish(self, changes.tick, changes.batches.data)
+
+    async def delivery(self, tick: int) -> TickDelivery:
+        return TickDelivery(tick, await self._bus._wait(tick), self._snapshots(tick))
+
+    def delivery_nowait(self, tick: int) -> TickDelivery:
+        batches = self._bus._batches(tick)
+        if batches is None:
+            raise WouldBlockError(f"not every owner has published tick {tick} yet")
+        return TickDelivery(tick, batches, self._snapshots(tick))
+
+    def _snapshots(self, tick: int) -> SnapshotSource:
+        owns = self.owns
+        if owns is _EVERYTHING:
+            return self.world
+        return _Routed(self, tick)
+
+
+class _Routed:
+    """Snapshots for a loop that does not own every key: from each key's owner."""
+
+    __slots__ = ("_port", "_tick")
+
+    def __init__(self, port: _LocalPort, tick: int) -> None:
+        self._port = port
+        self._tick = tick
+
+    def snapshot(self, key: str) -> bytes | None:
+        port = self._port
+        if port.owns(key):
+            return port.world.snapshot(key)
+        delay = port._bus.snapshot_delay_ticks
+        if delay:
+            asked = port._asked.setdefault(key, self._tick)
+            if self._tick < asked + delay:
+                return None
+            del port._asked[key]
+        owner = port._bus._owner_of(key)
+        # A key nobody owns holds nothing: its snapshot is empty, from any world.
+        return (owner.world if owner is not None else port.world).snapshot(key)
