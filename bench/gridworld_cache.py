@@ -1,152 +1,44 @@
-"""The load generator's client cache: applies server frames as PROTOCOL.md says.
+"""The load generator's view of a client: its cache, its truth, where its bytes go.
 
-A compact copy of what tests/reference_client.py does (bench code does not
-import tests): it applies `tick` and `resync` frames to a dictionary of held
-objects, counts what a correct server never sends instead of raising, and says
-where a frame's bytes go (`FrameBreakdown`).
+A sampled client's cache is synkworld's own protocol applier (`synkworld.Mirror`,
+lenient: it counts violations); `holding` and `compare_with_truth` compare it
+with what the server says it should hold; `FrameBreakdown` says where a frame's
+bytes go.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-__all__ = ["ClientCache", "FrameBreakdown", "cache_digest", "compare_with_truth"]
+from synkworld import Mirror
 
-# id -> [type, version, state, key]; a list so that versions update in place.
-Entry = list[Any]
+__all__ = ["FrameBreakdown", "cache_digest", "compare_with_truth", "holding", "sampled_client"]
 
 
-class ClientCache:
-    """What one client holds: its keys and its objects, kept by applying frames."""
-
-    __slots__ = ("held", "maps", "objs", "resyncs", "tick", "violation_examples", "violations")
-
-    def __init__(self) -> None:
-        self.maps: dict[str, Any] = {}
-        self.held: set[str] = set()
-        self.objs: dict[str, Entry] = {}
-        self.tick = 0
-        self.violations = 0
-        self.resyncs = 0
-        self.violation_examples: list[str] = []
-
-    def _violation(self, what: str) -> None:
-        self.violations += 1
-        if len(self.violation_examples) < 5:
-            self.violation_examples.append(what)
-
-    def apply(self, msg: dict[str, Any]) -> None:
-        """Applies one decoded server message."""
-        kind = msg.get("m")
-        if kind == "tick":
-            self._tick(msg)
-        elif kind == "resync":
-            self._resync(msg)
-        elif kind == "hello":
-            self.maps = msg["maps"]
-            self.tick = msg["tick"]
-        elif kind == "error":
+class _Sampled(Mirror):
+    def other(self, msg: Mapping[str, Any]) -> None:
+        # A load-test client sends nothing a server should refuse.
+        if msg.get("m") == "error":
             self._violation(f"error frame: {msg.get('code')}: {msg.get('msg')}")
+        else:
+            super().other(msg)
 
-    def _pos(self, key: str) -> tuple[str, str]:
-        spec = self.maps[key.split(":", 1)[0]]
-        return spec["pos"][0], spec["pos"][1]
 
-    def _tick(self, msg: dict[str, Any]) -> None:
-        n = msg["n"]
-        if n <= self.tick:
-            self._violation(f"tick {n} after tick {self.tick}")
-        self.tick = n
-        objs = self.objs
-        before = self.held
-        sub = msg.get("sub")
-        sub_add: set[str] = set(sub.get("add", ())) if sub else set()
-        for batch in msg.get("b", ()):
-            key = batch["k"]
-            if key not in before:
-                self._violation(f"batch for {key!r}, not held")
-                continue
-            for a in batch.get("add", ()):
-                frm = a.get("from")
-                if frm is not None and frm in before:
-                    continue  # the move arrives as the old cell's mod
-                if a["id"] in objs:
-                    self._violation(f"add for held {a['id']!r}")
-                objs[a["id"]] = [a["t"], a["v"], a["s"], key]
-            for m in batch.get("mod", ()):
-                o = objs.get(m["id"])
-                if o is None or o[3] != key:
-                    self._violation(f"mod for {m['id']!r}, not held under {key!r}")
-                    continue
-                if m["v"] <= o[1]:
-                    continue
-                to = m.get("to")
-                if to is not None and to not in before and to not in sub_add:
-                    del objs[m["id"]]
-                    continue
-                o[2].update(m["d"])
-                o[1] = m["v"]
-                if to is not None:
-                    o[3] = to
-            mv = batch.get("mv")
-            if mv is not None:
-                px, py = self._pos(key)
-                for oid, x, y in zip(mv[0], mv[1], mv[2], strict=True):
-                    o = objs.get(oid)
-                    if o is None or o[3] != key:
-                        self._violation(f"mv for {oid!r}, not held under {key!r}")
-                        continue
-                    s = o[2]
-                    s[px] = x
-                    s[py] = y
-                    o[1] += 1
-            for r in batch.get("rem", ()):
-                o = objs.get(r["id"])
-                if o is None or o[3] != key:
-                    self._violation(f"rem for {r['id']!r}, not held under {key!r}")
-                    continue
-                del objs[r["id"]]
-        if sub:
-            rem = set(sub.get("rem", ()))
-            if rem:
-                if not rem <= before:
-                    self._violation(f"sub.rem of keys not held: {sorted(rem - before)[:3]}")
-                self.held = before = before - rem
-                for oid in [oid for oid, o in objs.items() if o[3] in rem]:
-                    del objs[oid]
-            if sub_add:
-                if sub_add & before:
-                    self._violation(f"sub.add of held keys: {sorted(sub_add & before)[:3]}")
-                self.held = before | sub_add
-        for snap in msg.get("snap", ()):
-            if snap["k"] not in sub_add:
-                self._violation(f"snapshot of {snap['k']!r}, not just added")
-            self._snapshot(snap)
+def sampled_client() -> Mirror:
+    """The cache of a sampled client: synkworld's applier, counting what a correct server
+    never sends (an error frame too) instead of raising, keeping no list of teardowns."""
+    return _Sampled(strict=False, keep_teardowns=False)
 
-    def _snapshot(self, snap: dict[str, Any]) -> None:
-        key = snap["k"]
-        objs = self.objs
-        for e in snap["objs"]:
-            objs[e["id"]] = [e["t"], e["v"], e["s"], key]
 
-    def _resync(self, msg: dict[str, Any]) -> None:
-        self.resyncs += 1
-        self.tick = msg["n"]
-        self.held = {s["k"] for s in msg["snap"]}
-        keep: set[str] = set()
-        for snap in msg["snap"]:
-            self._snapshot(snap)
-            keep.update(e["id"] for e in snap["objs"])
-        for oid in [oid for oid in self.objs if oid not in keep]:
-            del self.objs[oid]
-
-    def view(self) -> dict[str, Any]:
-        """What the client holds, in the form the server's truth route answers."""
-        return {"held": sorted(self.held), "objs": self.objs}
+def holding(mirror: Mirror) -> dict[str, Any]:
+    """What a client holds, in the form the server's truth route answers."""
+    objs = {o.id: [o.t, o.v, o.s, o.k] for o in mirror.objs.values()}
+    return {"held": sorted(mirror.held), "objs": objs}
 
 
 def _canonical(view: dict[str, Any]) -> bytes:

@@ -4,7 +4,7 @@ Run by `bench.gridworld` as ``python -m bench.gridworld_loadgen --config '<json>
 It talks to the coordinator in JSON lines: commands on stdin, events on stdout.
 
 Most clients only count the bytes and frames they receive. The sampled clients
-decode every frame, apply it to a `ClientCache`, stamp each tick frame's
+decode every frame, apply it to a `synkworld.Mirror`, stamp each tick frame's
 arrival (for the change-to-client latency) and, now and then, take a frame
 apart to say where its bytes go. The process measures its own CPU time and the
 lag of its event loop, so that the coordinator can tell when the load
@@ -31,7 +31,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.gridworld_cache import ClientCache, FrameBreakdown, cache_digest, compare_with_truth
+from bench.gridworld_cache import (
+    FrameBreakdown,
+    cache_digest,
+    compare_with_truth,
+    holding,
+    sampled_client,
+)
 from bench.gridworld_scenario import (
     PanPath,
     Scenario,
@@ -123,7 +129,7 @@ class Client:
         self.bytes = 0
         self.mark = (0, 0, 0)
         self.wire: WireCounter | None = None
-        self.cache = ClientCache() if sampled else None
+        self.cache = sampled_client() if sampled else None
         self.arrivals_n: list[int] = []
         self.arrivals_t: list[float] = []
         self.pong: asyncio.Future[float] | None = None
@@ -443,7 +449,7 @@ class LoadGenerator:
         for c, ok_sync in zip(sampled, synced, strict=True):
             cache = c.cache
             assert cache is not None
-            view = cache.view()
+            view = holding(cache)
             t = truth.get(c.sid)
             if t is None:
                 mismatches, examples = -1, ["the server has no such session"]

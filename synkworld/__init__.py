@@ -32,6 +32,7 @@ from synkworld._errors import (
     HandlerFailedError,
     NoHandlerError,
     ProtocolError,
+    ProtocolViolationError,
     RateLimitedError,
     RefusedError,
     StoreError,
@@ -46,6 +47,7 @@ from synkworld._frames import DeliveryReport, deliver_frames
 from synkworld._grid import Grid, GridMap, is_grid_key
 from synkworld._handlers import Call
 from synkworld._limits import Limits
+from synkworld._mirror import Held, Mirror
 from synkworld._objects import FieldSpec, SynkObject, object_type, registered_types
 from synkworld._protocol import PROTOCOL_VERSION
 from synkworld._sessions import Session, SessionStatistics
@@ -103,12 +105,15 @@ __all__ = [
     "Grid",
     "GridMap",
     "HandlerFailedError",
+    "Held",
     "Limits",
     "LoadReport",
     "LocalBus",
+    "Mirror",
     "NoHandlerError",
     "Persistence",
     "ProtocolError",
+    "ProtocolViolationError",
     "RateLimitedError",
     "RefusedError",
     "Server",

@@ -14,6 +14,7 @@ Callers catch the bases; the code raises the leaves::
     ├── StoreError             persistence failed
     │   ├── StoreUnavailableError   the database cannot be reached (retry later)
     │   └── DocumentRejectedError   the store refuses one document for good
+    ├── ProtocolViolationError a server sent what the protocol forbids (seen by a mirror)
     └── ProtocolError          a client message is refused; carries the wire code
         ├── BadJsonError            bad_json
         ├── BadMessageError         bad_message
@@ -101,6 +102,10 @@ class DocumentRejectedError(StoreError):
         super().__init__(reason if doc_id is None else f"document {doc_id!r}: {reason}")
         self.reason = reason
         self.doc_id = doc_id
+
+
+class ProtocolViolationError(SynkError):
+    """A server sent what the protocol forbids; a strict `Mirror` raises it."""
 
 
 class ProtocolError(SynkError):

@@ -11,11 +11,17 @@ from typing import Any
 import orjson
 import pytest
 
-from bench.gridworld_cache import ClientCache, FrameBreakdown, cache_digest, compare_with_truth
+from bench.gridworld_cache import (
+    FrameBreakdown,
+    cache_digest,
+    compare_with_truth,
+    holding,
+    sampled_client,
+)
 from bench.gridworld_scenario import Motion, Scenario, pan_path, pan_rect
 from bench.naive_frames import NaiveTickLoop
 from synkworld import GridMap, Limits, Session, SynkObject, TickLoop, World
-from tests.reference_client import ReferenceClient, world_truth
+from synkworld.testing import ReferenceClient, world_truth
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +36,7 @@ def _as_lists(view: dict[str, tuple[str, int, dict[str, Any], str]]) -> dict[str
     return {oid: [t, v, s, k] for oid, (t, v, s, k) in view.items()}
 
 
-def test_the_bench_cache_applies_frames_like_the_reference_client() -> None:
+def test_a_sampled_client_holds_what_the_reference_client_holds() -> None:
     rng = random.Random(3)
     world = World(GridMap(cell_size=10, bounds=(0, 0, 100, 100)))
     loop = TickLoop(world)
@@ -42,7 +48,7 @@ def test_the_bench_cache_applies_frames_like_the_reference_client() -> None:
         Session("roomy", world.grid),
         Session("tight", world.grid, limits=Limits(send_queue_max_frames=1)),
     ]
-    clients = {s.sid: (ClientCache(), ReferenceClient()) for s in sessions}
+    clients = {s.sid: (sampled_client(), ReferenceClient()) for s in sessions}
     hello = {
         "m": "hello",
         "tick": 0,
@@ -89,9 +95,9 @@ def test_the_bench_cache_applies_frames_like_the_reference_client() -> None:
         assert not s.lagging
         assert cache.violations == 0, cache.violation_examples
         assert cache.held == ref.held == s.held
-        assert cache.view()["objs"] == _as_lists(ref.view())
+        assert holding(cache)["objs"] == _as_lists(ref.view())
         truth = {"held": sorted(s.held), "objs": _as_lists(world_truth(world, s.held))}
-        assert compare_with_truth(cache.view(), truth) == (0, [])
+        assert compare_with_truth(holding(cache), truth) == (0, [])
     assert clients["tight"][0].resyncs > 0
 
 

@@ -29,7 +29,7 @@ from synkworld import (
     WouldBlockError,
 )
 from synkworld._bus import owns_nothing
-from tests.reference_client import ReferenceClient, world_truth
+from synkworld.testing import ReferenceClient, world_truth
 
 SIZE = 60.0
 CELL = 10.0

@@ -19,7 +19,7 @@ from synkworld import (
     World,
     deliver_frames,
 )
-from tests.reference_client import ReferenceClient, world_truth
+from synkworld.testing import ReferenceClient, world_truth
 
 CELL = 10.0
 SIZE = 60.0  # 6 x 6 cells, with a hole at (2, 2)

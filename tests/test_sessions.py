@@ -17,7 +17,7 @@ from synkworld import (
     World,
     deliver_frames,
 )
-from tests.reference_client import ReferenceClient, world_truth
+from synkworld.testing import ReferenceClient, world_truth
 
 
 class Dot(SynkObject, type="sess-dot"):

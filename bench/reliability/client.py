@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.gridworld_cache import ClientCache, compare_with_truth
+from bench.gridworld_cache import compare_with_truth, holding, sampled_client
 from bench.reliability.world import WorldSpec
 
 WS_TEXT = aiohttp.WSMsgType.TEXT
@@ -48,14 +48,14 @@ def hello_problems(hello: dict[str, Any], spec: WorldSpec, rate_hz: float) -> li
 
 
 class CacheClient:
-    """One well-behaved client: a WebSocket, a `ClientCache`, and `truth` calls to check it."""
+    """One well-behaved client: a WebSocket, a `synkworld.Mirror`, and `truth` calls to check it."""
 
     def __init__(self, url: str, rect: list[float], margin: int = 1) -> None:
         self.url = url
         self.rect = rect
         self.margin = margin
         self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.cache = ClientCache()
+        self.cache = sampled_client()
         self.hello: dict[str, Any] = {}
         self.snapshot = asyncio.Event()
         self.snapshot_at: float | None = None
@@ -70,7 +70,7 @@ class CacheClient:
 
     async def connect(self, http: aiohttp.ClientSession, timeout: float) -> None:
         """Connects (retrying until `timeout`), reads `hello`, sends the `view`."""
-        self.cache = ClientCache()
+        self.cache = sampled_client()
         self.snapshot = asyncio.Event()
         self.snapshot_at = None
         self.closed = asyncio.Event()
@@ -134,7 +134,7 @@ class CacheClient:
     def _compare(self, reply: dict[str, Any]) -> tuple[int, list[str]]:
         if reply.get("m") != "reply":
             return 1, [f"truth call answered {reply}"]
-        bad, examples = compare_with_truth(self.cache.view(), reply["ok"])
+        bad, examples = compare_with_truth(holding(self.cache), reply["ok"])
         return bad + self.cache.violations, examples + self.cache.violation_examples
 
     async def call(
@@ -199,7 +199,7 @@ async def fresh_client_check(
         problems = hello_problems(client.hello, spec, rate_hz)
         await asyncio.wait_for(client.snapshot.wait(), 10.0)
         bad, examples, _ = await client.check(10.0)
-        view = client.cache.view()
+        view = holding(client.cache)
         return {
             "ok": not problems and bad == 0 and len(view["held"]) > 0,
             "hello_problems": problems,

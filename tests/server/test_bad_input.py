@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from synkworld import Limits
-from tests.server.conftest import Harness, Ship, WsClient, raw_ws_connect, raw_ws_send_text
+from tests.server.support import Harness, Ship, WsClient, raw_ws_connect, raw_ws_send_text
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -9,8 +9,8 @@ import pytest
 
 from bench.gridworld_loadgen import WireCounter
 from synkworld import Server
-from tests.reference_client import world_truth
-from tests.server.conftest import Harness, Ship, WsClient, make_world
+from synkworld.testing import world_truth
+from tests.server.support import Harness, Ship, WsClient, make_world
 
 pytestmark = pytest.mark.timeout(120)
 

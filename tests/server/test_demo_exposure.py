@@ -10,7 +10,7 @@ import pytest
 from examples.map_demo.app import make_demo_server
 from examples.map_demo.world import Avatar, DemoSettings, Marker
 from synkworld.store import SQLiteStore
-from tests.server.conftest import WsClient
+from tests.server.support import WsClient
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from synkworld import Limits, Server
-from tests.reference_client import world_truth
-from tests.server.conftest import Harness, Post, Ship, make_world
+from synkworld.testing import world_truth
+from tests.server.support import Harness, Post, Ship, make_world
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from synkworld import BadArgsError, Call, ForbiddenError, RefusedError, Server, Session
-from tests.server.conftest import Ship, make_world
+from tests.server.support import Ship, make_world
 
 pytestmark = pytest.mark.timeout(60)
 

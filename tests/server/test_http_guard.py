@@ -17,7 +17,7 @@ import pytest
 
 from synkworld import Limits, Server
 from synkworld.testing import start_process
-from tests.server.conftest import WsClient, make_world
+from tests.server.support import WsClient, make_world
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(120)

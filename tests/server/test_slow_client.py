@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from synkworld import Limits, Server
-from tests.reference_client import world_truth
-from tests.server.conftest import Ship, WsClient, make_world, raw_ws_connect, raw_ws_send_text
+from synkworld.testing import world_truth
+from tests.server.support import Ship, WsClient, make_world, raw_ws_connect, raw_ws_send_text
 
 pytestmark = pytest.mark.timeout(120)
 

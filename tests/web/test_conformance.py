@@ -29,8 +29,7 @@ import pytest
 from synkworld import GridMap, Limits, Server, SynkObject, World
 from synkworld._protocol import encode_pong
 from synkworld._sessions import Session
-from synkworld.testing import start_process_async
-from tests.reference_client import ReferenceClient, world_truth
+from synkworld.testing import ReferenceClient, start_process_async, world_truth
 from tests.web.conftest import WEB
 
 pytestmark = pytest.mark.timeout(60)
@@ -156,7 +155,7 @@ class PyClient:
         msg = await self.ws.receive(timeout=10)
         if msg.type is not aiohttp.WSMsgType.TEXT:
             raise ConnectionError(f"got {msg.type!r} ({msg.data!r})")
-        return self.ref.apply(msg.data)
+        return self.ref.apply_frame(msg.data)
 
     async def sync(self) -> None:
         """Returns once every frame queued before now is applied (the pong comes after them)."""
