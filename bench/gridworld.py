@@ -1,4 +1,4 @@
-"""The grid-world load test (DESIGN.md, "The benchmark scenario grid-world").
+"""The grid-world load test (the scenario "grid-world", bench/README.md).
 
     python -m bench.gridworld                      # the default scenario, synkworld's frames
     python -m bench.gridworld --compare-naive      # ... then the naive baseline, and the ratios
@@ -42,7 +42,7 @@ __all__ = ["Options", "main", "run_benchmark", "run_once"]
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "bench" / "results"
 
-# Targets of issue 7, checked against every run (`applies` says where a target is defined).
+# The performance targets, checked against every run (`applies` says where a target is defined).
 TICK_P99_LIMIT_MS = 40.0
 CPU_PER_TICK_LIMIT_MS = 20.0
 NAIVE_RATIO_LIMIT = 1 / 5
@@ -731,11 +731,11 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line; every scenario parameter is a flag with DESIGN.md's default."""
+    """The command line; every scenario parameter is a flag with the scenario's default."""
     d = Scenario()
     p = argparse.ArgumentParser(
         prog="python -m bench.gridworld",
-        description="The grid-world load test (DESIGN.md); results in bench/results/.",
+        description="The grid-world load test (bench/README.md); results in bench/results/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("scenario")

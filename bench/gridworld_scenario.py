@@ -1,4 +1,4 @@
-"""The grid-world scenario of DESIGN.md: its parameters, its world and its motion.
+"""The grid-world scenario (bench/README.md): its parameters, its world and its motion.
 
 Everything here is deterministic for a given seed: entity motion advances by a
 fixed step per tick (speed / tick rate) and the hp changes come from a seeded
@@ -35,7 +35,7 @@ KINDS = ("ant", "bee", "cat", "dog", "elk", "fox")
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
-    """Every parameter of one grid-world run; the defaults are DESIGN.md's."""
+    """Every parameter of one grid-world run; the defaults are the scenario's."""
 
     map_size: float = 10_000.0
     cell_size: float = 250.0

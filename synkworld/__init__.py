@@ -76,8 +76,16 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'synkworld' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    _claim(value)
     globals()[name] = value
     return value
+
+
+def _claim(member: Any) -> None:
+    # Exported names say they belong to `synkworld`, not to the private module
+    # that defines them (as httpx does): that is where users find them.
+    if isinstance(member, type) or callable(member):
+        member.__module__ = "synkworld"
 
 
 def __dir__() -> list[str]:
@@ -145,3 +153,7 @@ __all__ = [
     "registered_types",
     "request_token",
 ]
+
+for _name in __all__:
+    if _name not in _LAZY:
+        _claim(globals()[_name])

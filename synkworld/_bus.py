@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from synkworld._errors import SynkError
+from synkworld._errors import ConfigError, SynkError
 from synkworld._world import TickChanges, World
 
 __all__ = [
@@ -105,7 +105,7 @@ class LocalBus(Bus):
 
     def __init__(self, *, snapshot_delay_ticks: int = 0) -> None:
         if snapshot_delay_ticks < 0:
-            raise ValueError("snapshot_delay_ticks must not be negative")
+            raise ConfigError("snapshot_delay_ticks must not be negative")
         self.snapshot_delay_ticks = snapshot_delay_ticks
         self._owners: list[_LocalPort] = []
         self._published: dict[int, dict[_LocalPort, Mapping[str, bytes]]] = {}

@@ -25,6 +25,19 @@ Callers catch the bases; the code raises the leaves::
         ├── NoHandlerError          no_handler
         ├── BadArgsError            bad_args
         └── HandlerFailedError      handler_failed
+
+`ConfigError`, `DeclarationError` and `FieldError` are also `ValueError` or
+`TypeError`, and `UnknownObjectError` a `KeyError`, so that code written
+against the builtins keeps working. Besides the tree, synkworld raises plain
+builtins only for mistakes in the calling code, never for the state of the
+world, a client or a database:
+
+- `TypeError` for an argument of the wrong type (`Region` bounds that are not
+  numbers), `ValueError` for one of the wrong shape (`World.set_positions`
+  with arrays of different lengths, `GridMap.keys_in_rect` with a reversed
+  rectangle, an upsert without a str `_id`);
+- `RuntimeError` for a resource used in the wrong state (marks on a closed
+  write-behind, a writer started twice).
 """
 
 from __future__ import annotations
@@ -81,7 +94,7 @@ class RefusedError(SynkError):
 
     def __init__(self, reason: str = "authentication refused", *, status: int = 401) -> None:
         if status not in (401, 403):
-            raise ValueError(f"a refusal answers 401 or 403, not {status!r}")
+            raise ConfigError(f"a refusal answers 401 or 403, not {status!r}")
         super().__init__(reason)
         self.reason = reason
         self.status = status

@@ -121,7 +121,6 @@ class GridMap:
         self.index = -1  # set by the Grid that holds the map
         self._bounds = bounds
         self._cells: dict[tuple[int, int], int] = {}
-        self._cell_list: list[tuple[int, int]] = []
         self._cell_keys: list[str] = []
         self._key_set: set[str] = set()
         # Clients pan over the same cell ranges again and again: a range's keys
@@ -151,7 +150,6 @@ class GridMap:
             raise ConfigError(f"map {self.name!r}: cell ({cx}, {cy}) is too far from the origin")
         rid = len(self._cells)
         self._cells[(cx, cy)] = rid
-        self._cell_list.append((cx, cy))
         key = self.key(cx, cy)
         self._cell_keys.append(key)
         self._key_set.add(key)
@@ -176,10 +174,6 @@ class GridMap:
     def cell_count(self) -> int:
         """How many cells exist."""
         return len(self._cells)
-
-    def cells(self) -> list[tuple[int, int]]:
-        """Every existing cell as (cx, cy)."""
-        return list(self._cells)
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

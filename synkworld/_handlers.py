@@ -117,10 +117,6 @@ class HandlerRegistry:
                 specs[p.name] = FieldSpec(p.name, kind, optional, p.default)
         self._entries[name] = _Entry(fn, types.MappingProxyType(specs), takes_any, durable)
 
-    def names(self) -> list[str]:
-        """The registered handler names."""
-        return sorted(self._entries)
-
     async def call(self, call: Call, args: Mapping[str, Any]) -> Any:
         """Runs the handler; its failure becomes a ProtocolError with the right code."""
         entry = self._entries.get(call.name)

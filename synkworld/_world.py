@@ -2,7 +2,7 @@
 
 Changes between ticks only record what changed. `World.commit` ends a tick: it
 finds what moved and which cells were crossed for all objects at once (numpy
-over the position columns), builds the per-object outcomes of PROTOCOL.md for
+over the position columns), builds the per-object outcomes of docs/protocol.md for
 the few objects that need them, bumps versions, and encodes one batch per
 touched key.
 """

@@ -1,4 +1,4 @@
-"""Unit tests of the world and its tick outcomes: exactly the batches PROTOCOL.md describes."""
+"""Unit tests of the world and its tick outcomes: exactly the batches docs/protocol.md describes."""
 
 from __future__ import annotations
 

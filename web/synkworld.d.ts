@@ -3,7 +3,7 @@
 // the two cannot drift apart without `npm run typecheck` failing.
 
 // ---------------------------------------------------------------------------
-// Wire messages (PROTOCOL.md)
+// Wire messages (docs/protocol.md)
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 export type State = Record<string, JsonValue>;
@@ -167,7 +167,7 @@ export declare const CLIENT_ERROR_CODES: Readonly<{
   CLOSED: "closed";
   /** A call's encoded frame exceeds PROTOCOL.MAX_CLIENT_FRAME_BYTES. */
   TOO_LARGE: "too_large";
-  /** A server frame that is not JSON, or not shaped as PROTOCOL.md says. */
+  /** A server frame that is not JSON, or not shaped as docs/protocol.md says. */
   BAD_FRAME: "bad_frame";
   /** The server speaks another protocol version. */
   PROTO_MISMATCH: "proto_mismatch";
@@ -270,7 +270,7 @@ export interface CacheOptions {
 
 /**
  * Applies server frames to a set of objects held by id and by key, exactly as
- * PROTOCOL.md orders it; knows nothing of sockets.
+ * docs/protocol.md orders it; knows nothing of sockets.
  */
 export declare class ObjectCache {
   constructor(options?: CacheOptions);

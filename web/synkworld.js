@@ -2,7 +2,7 @@
 /**
  * synkworld client: a connection to a synkworld server (Client) and the object
  * cache that applies its frames (ObjectCache), for browsers and Node, with no
- * build step. The wire protocol is PROTOCOL.md (version 1); the public types are
+ * build step. The wire protocol is docs/protocol.md (version 1); the public types are
  * in synkworld.d.ts, which the end of this file checks the code against.
  *
  * Layering: constants and helpers, then SynkObject, then ObjectCache (frames in,
@@ -403,7 +403,7 @@ export class SynkObject {
 
 /**
  * Applies server frames to a set of objects held by id and by key, in the order
- * PROTOCOL.md fixes; knows nothing of sockets, so any test can feed it frames.
+ * docs/protocol.md fixes; knows nothing of sockets, so any test can feed it frames.
  *
  * The keys it holds come only from the frames (`sub.add`, `sub.rem`, `resync`),
  * never from what the client asked for.

@@ -1,6 +1,6 @@
 """The store interface: documents, regions, write batches and the `Store` base class.
 
-A store persists the world's objects as documents (PROTOCOL.md, "Persistence")::
+A store persists the world's objects as documents (docs/protocol.md, "Persistence")::
 
     {"_id": str, "t": str, "key": str, "v": int, "owner"?: ..., ...state fields}
 
@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeGuard
 
+from synkworld._errors import ConfigError
 from synkworld.store._errors import DocumentRejectedError
 from synkworld.store._spill import SpillJournal, default_spill_dir, log_replay
 
@@ -57,16 +58,16 @@ class Region:
 
     def __post_init__(self) -> None:
         if not self.map or ":" in self.map:
-            raise ValueError(f"a map name is non-empty and has no ':', not {self.map!r}")
+            raise ConfigError(f"a map name is non-empty and has no ':', not {self.map!r}")
         bounds = (self.x0, self.y0, self.x1, self.y1)
         if any(isinstance(b, bool) or not isinstance(b, int | float) for b in bounds):
             raise TypeError(f"region bounds are numbers, not {bounds!r}")
         if any(math.isnan(b) for b in bounds):
-            raise ValueError("region bounds are not NaN")
+            raise ConfigError("region bounds are not NaN")
         if self.x0 > self.x1 or self.y0 > self.y1:
-            raise ValueError(f"a region has x0 <= x1 and y0 <= y1, not {bounds!r}")
+            raise ConfigError(f"a region has x0 <= x1 and y0 <= y1, not {bounds!r}")
         if len(self.pos_fields) != 2 or self.pos_fields[0] == self.pos_fields[1]:
-            raise ValueError(f"pos_fields names two different fields, not {self.pos_fields!r}")
+            raise ConfigError(f"pos_fields names two different fields, not {self.pos_fields!r}")
 
     @property
     def key_prefix(self) -> str:

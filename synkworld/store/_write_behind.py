@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal, Protocol, Self
 
+from synkworld._errors import ConfigError
 from synkworld.store._base import Document, Store, WriteBatch, WriteResult
 from synkworld.store._errors import StoreError, StoreUnavailableError
 
@@ -138,9 +139,9 @@ class WriteBehind:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_pending_objects <= 0:
-            raise ValueError(f"max_pending_objects is positive, not {max_pending_objects!r}")
+            raise ConfigError(f"max_pending_objects is positive, not {max_pending_objects!r}")
         if not 0 < retry_initial_s <= retry_max_s:
-            raise ValueError(
+            raise ConfigError(
                 "0 < retry_initial_s <= retry_max_s, not "
                 f"retry_initial_s={retry_initial_s!r}, retry_max_s={retry_max_s!r}"
             )
@@ -150,7 +151,7 @@ class WriteBehind:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         if write_interval_s < 0:
-            raise ValueError(f"write_interval_s is not negative, not {write_interval_s!r}")
+            raise ConfigError(f"write_interval_s is not negative, not {write_interval_s!r}")
         # Between two writes, marks gather: an object moving every tick is then
         # written once per interval, not once per tick. flush() cuts the wait
         # short; flush_ids() writes its ids in a batch of their own.

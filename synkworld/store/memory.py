@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from synkworld._errors import ConfigError
 from synkworld.store._base import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     Document,
@@ -46,7 +47,7 @@ class MemoryStore(Store):
         spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_document_bytes <= 0:
-            raise ValueError(f"max_document_bytes is positive, not {max_document_bytes!r}")
+            raise ConfigError(f"max_document_bytes is positive, not {max_document_bytes!r}")
         self.max_document_bytes = max_document_bytes
         self._spill_path = Path(spill_path) if spill_path is not None else None
         self.available = True

@@ -23,6 +23,7 @@ from pymongo.errors import (
     WTimeoutError,
 )
 
+from synkworld._errors import ConfigError
 from synkworld.store._base import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     Document,
@@ -97,9 +98,9 @@ class MongoStore(Store):
         spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if max_document_bytes <= 0:
-            raise ValueError(f"max_document_bytes is positive, not {max_document_bytes!r}")
+            raise ConfigError(f"max_document_bytes is positive, not {max_document_bytes!r}")
         if max_ops_per_command is not None and max_ops_per_command <= 0:
-            raise ValueError(f"max_ops_per_command is positive, not {max_ops_per_command!r}")
+            raise ConfigError(f"max_ops_per_command is positive, not {max_ops_per_command!r}")
         self.database = database
         self.max_ops_per_command = max_ops_per_command
         self.collection_name = collection

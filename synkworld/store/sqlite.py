@@ -13,6 +13,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
+from synkworld._errors import ConfigError
 from synkworld.store._base import (
     DEFAULT_MAX_DOCUMENT_BYTES,
     Document,
@@ -89,13 +90,13 @@ class SQLiteStore(Store):
         spill_path: str | os.PathLike[str] | None = None,
     ) -> None:
         if not table.isidentifier():
-            raise ValueError(f"table is an identifier, not {table!r}")
+            raise ConfigError(f"table is an identifier, not {table!r}")
         if max_document_bytes <= 0:
-            raise ValueError(f"max_document_bytes is positive, not {max_document_bytes!r}")
+            raise ConfigError(f"max_document_bytes is positive, not {max_document_bytes!r}")
         if busy_timeout_s < 0:
-            raise ValueError(f"busy_timeout_s is >= 0, not {busy_timeout_s!r}")
+            raise ConfigError(f"busy_timeout_s is >= 0, not {busy_timeout_s!r}")
         if synchronous not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous is 'NORMAL' or 'FULL', not {synchronous!r}")
+            raise ConfigError(f"synchronous is 'NORMAL' or 'FULL', not {synchronous!r}")
         self.path = os.fspath(path)
         self.table = table
         self.pos_fields = pos_fields

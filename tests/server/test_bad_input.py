@@ -1,4 +1,4 @@
-"""Every bad input gets its PROTOCOL.md error, and the server keeps serving the others."""
+"""Every bad input gets its docs/protocol.md error, and the server keeps serving the others."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ test("the module exports exactly the values synkworld.d.ts declares", () => {
   assert.deepEqual(Object.keys(synkworld).sort(), [...new Set(declared)].sort());
 });
 
-test("protocol constants are those of PROTOCOL.md, version 1", () => {
+test("protocol constants are those of docs/protocol.md, version 1", () => {
   assert.equal(PROTOCOL_VERSION, 1);
   assert.equal(PROTOCOL.VERSION, 1);
   assert.equal(PROTOCOL.PATH, "/ws");

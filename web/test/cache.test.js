@@ -1,5 +1,5 @@
 // Unit tests of ObjectCache: hand-written frame sequences, one per case of
-// PROTOCOL.md, applied with no socket.
+// docs/protocol.md, applied with no socket.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
