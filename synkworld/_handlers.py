@@ -66,6 +66,9 @@ class HandlerRegistry:
         self._durable_timeout_s: dict[str, float] = {}
         self._failures_logged: dict[str, tuple[float | None, int]] = {}
 
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
     def register(
         self, name: str, fn: Handler, *, durable: bool = False, durable_timeout_s: float = 10.0
     ) -> None:

@@ -1,89 +1,101 @@
-"""Server metrics in the Prometheus text format, read from the components' statistics."""
+"""/metrics through prometheus_client: a collector that reads the components' statistics().
+
+Each scrape asks the tick loop, the world, the transport's counters, the
+persistence and the HTTP guard for their `statistics()` (frozen snapshots) and
+turns them into metric families; nothing is counted twice. Durations are
+prometheus_client histograms fed as ticks end and calls return. The process's
+own figures (CPU, memory, fds) come from prometheus_client's process
+collector. Each server has a registry of its own, so that two servers in one
+process (tests) never share a metric.
+"""
 
 from __future__ import annotations
 
-import bisect
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-__all__ = ["Histogram", "ServerMetrics", "render"]
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+__all__ = ["MetricsSource", "ServerMetrics", "StatisticsCollector", "families"]
 
 _TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
+_CALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 
-
-class Histogram:
-    """A cumulative histogram with fixed buckets, as Prometheus expects."""
-
-    def __init__(self, buckets: Sequence[float]) -> None:
-        self.buckets = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.buckets) + 1)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        """Adds one observation."""
-        self._counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.count += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, int]]:
-        """(upper bound, count of observations <= it) for every bucket and +Inf."""
-        out = []
-        total = 0
-        for bound, n in zip(self.buckets, self._counts, strict=False):
-            total += n
-            out.append((repr(bound), total))
-        out.append(("+Inf", self.count))
-        return out
+MetricsSource = Callable[[], Iterable[Metric]]
+"""Something /metrics reads on every scrape: it returns metric families."""
 
 
 class ServerMetrics:
-    """Counters the server keeps itself (the rest come from statistics())."""
+    """The counters the transport keeps itself, the server's registry and its histograms."""
 
     def __init__(self) -> None:
-        self.tick_duration = Histogram(_TICK_BUCKETS)
         self.errors: Counter[str] = Counter()
         self.connections_total = 0
         self.refused_total = 0
         self.closed_slow_total = 0
         self.frames_written = 0
         self.bytes_written = 0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.tick_duration = Histogram(
+            "synkworld_tick_duration_seconds",
+            "Duration of one tick.",
+            buckets=_TICK_BUCKETS,
+            registry=self.registry,
+        )
+        self.call_duration = Histogram(
+            "synkworld_call_duration_seconds",
+            "Duration of call handlers (the count is the calls), by handler and outcome.",
+            ["handler", "outcome"],
+            buckets=_CALL_BUCKETS,
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
+
+    def observe_call(self, handler: str, outcome: str, seconds: float) -> None:
+        """Counts one call: its handler, `ok` or its error code, and how long it took."""
+        self.call_duration.labels(handler, outcome).observe(seconds)
+
+    def text(self) -> str:
+        """Every metric of the registry in the Prometheus text format."""
+        return generate_latest(self.registry).decode()
 
 
-Sample = tuple[str, str, str, dict[str, str], float]  # name, type, help, labels, value
+class StatisticsCollector(Collector):
+    """Yields the metric families of whatever `sources` read (called on every scrape)."""
+
+    def __init__(self, sources: list[MetricsSource]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self._sources:
+            yield from source()
 
 
-def render(samples: Iterable[Sample], histograms: Iterable[tuple[str, str, Histogram]]) -> str:
-    """Renders samples and histograms as Prometheus text exposition format 0.0.4."""
-    lines: list[str] = []
-    seen: set[str] = set()
-    for name, kind, help_text, labels, value in samples:
-        if name not in seen:
-            seen.add(name)
-            lines.append(f"# HELP {name} {help_text}")
-            lines.append(f"# TYPE {name} {kind}")
-        lines.append(f"{name}{_labels(labels)} {_value(value)}")
-    for name, help_text, h in histograms:
-        lines.append(f"# HELP {name} {help_text}")
-        lines.append(f"# TYPE {name} histogram")
-        for bound, n in h.cumulative():
-            lines.append(f'{name}_bucket{{le="{bound}"}} {n}')
-        lines.append(f"{name}_sum {_value(h.sum)}")
-        lines.append(f"{name}_count {h.count}")
-    return "\n".join(lines) + "\n"
-
-
-def _labels(labels: dict[str, str]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(
-        f'{k}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for k, v in labels.items()
-    )
-    return "{" + inner + "}"
-
-
-def _value(v: float) -> str:
-    if float(v).is_integer():
-        return str(int(v))
-    return repr(float(v))
+def families(
+    values: Iterable[tuple[str, str, str, float]],
+    labelled: Iterable[tuple[str, str, str, str, dict[str, float]]] = (),
+) -> list[Metric]:
+    """Metric families from (name, kind, help, value) and (name, kind, help, label, {label: v})."""
+    out: list[Metric] = []
+    for name, kind, help_text, value in values:
+        family: Any = (
+            CounterMetricFamily(name, help_text)
+            if kind == "counter"
+            else GaugeMetricFamily(name, help_text)
+        )
+        family.add_metric([], value)
+        out.append(family)
+    for name, kind, help_text, label, by_label in labelled:
+        family = (
+            CounterMetricFamily(name, help_text, labels=[label])
+            if kind == "counter"
+            else GaugeMetricFamily(name, help_text, labels=[label])
+        )
+        for label_value, value in sorted(by_label.items()):
+            family.add_metric([label_value], value)
+        out.append(family)
+    return out

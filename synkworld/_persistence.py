@@ -16,8 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client.core import Metric
+
 from synkworld._errors import ConfigError, DocumentError, StoreError, StoreUnavailableError
-from synkworld._metrics import Sample
+from synkworld._metrics import families
 from synkworld._world import TickChanges, World
 from synkworld.store import Store, WriteBatch, WriteBehind, WriteBehindStatistics
 from synkworld.store._spill import SpillJournal
@@ -231,66 +233,65 @@ class Persistence:
         """The write-behind's state now."""
         return self.writer.statistics()
 
-    def samples(self) -> list[Sample]:
+    def metric_families(self) -> list[Metric]:
         """The store's metrics for /metrics."""
         st = self.writer.statistics()
-        lag_s = st.oldest_pending_age_s or 0.0
-        return [
-            (
-                "synkworld_store_pending_objects",
-                "gauge",
-                "Objects changed, not yet durable.",
-                {},
-                st.pending_objects,
-            ),
-            (
-                "synkworld_store_write_lag_ticks",
-                "gauge",
-                "Ticks between the oldest unwritten change and the last tick.",
-                {},
-                st.write_lag_ticks,
-            ),
-            (
-                "synkworld_store_write_lag_seconds",
-                "gauge",
-                "Age of the oldest unwritten change.",
-                {},
-                lag_s,
-            ),
-            ("synkworld_store_writes_total", "counter", "Batches written.", {}, st.writes_done),
-            (
-                "synkworld_store_objects_written_total",
-                "counter",
-                "Objects written.",
-                {},
-                st.objects_written,
-            ),
-            (
-                "synkworld_store_failed_attempts_total",
-                "counter",
-                "Write attempts that failed.",
-                {},
-                st.failed_attempts,
-            ),
-            (
-                "synkworld_store_rejected_total",
-                "counter",
-                "Documents refused for good.",
-                {},
-                st.rejected,
-            ),
-            (
-                "synkworld_store_pending_limit",
-                "gauge",
-                "The configured pending-objects limit.",
-                {},
-                st.max_pending_objects,
-            ),
-            (
-                "synkworld_store_over_limit",
-                "gauge",
-                "1 when pending objects exceed the limit.",
-                {},
-                1 if st.over_limit else 0,
-            ),
-        ]
+        return families(
+            [
+                (
+                    "synkworld_store_pending_objects",
+                    "gauge",
+                    "Objects changed, not yet durable.",
+                    st.pending_objects,
+                ),
+                (
+                    "synkworld_store_write_lag_ticks",
+                    "gauge",
+                    "Ticks between the oldest unwritten change and the last tick.",
+                    st.write_lag_ticks,
+                ),
+                (
+                    "synkworld_store_write_lag_seconds",
+                    "gauge",
+                    "Age of the oldest unwritten change.",
+                    st.oldest_pending_age_s or 0.0,
+                ),
+                ("synkworld_store_writes_total", "counter", "Batches written.", st.writes_done),
+                (
+                    "synkworld_store_objects_written_total",
+                    "counter",
+                    "Objects written.",
+                    st.objects_written,
+                ),
+                (
+                    "synkworld_store_failed_attempts_total",
+                    "counter",
+                    "Write attempts that failed.",
+                    st.failed_attempts,
+                ),
+                (
+                    "synkworld_store_rejected_total",
+                    "counter",
+                    "Documents refused for good.",
+                    st.rejected,
+                ),
+                (
+                    "synkworld_store_collisions_total",
+                    "counter",
+                    "New objects whose id was already stored (never written).",
+                    st.collisions,
+                ),
+                (
+                    "synkworld_store_pending_limit",
+                    "gauge",
+                    "The configured pending-objects limit.",
+                    st.max_pending_objects,
+                ),
+                (
+                    "synkworld_store_over_limit",
+                    "gauge",
+                    "1 when pending objects exceed the limit.",
+                    1 if st.over_limit else 0,
+                ),
+            ]
+        )

@@ -9,21 +9,23 @@ import inspect
 import logging
 import secrets
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+from prometheus_client.core import Metric
 
 from synkworld._client_files import CLIENT_PATHS, ClientFile, client_file
 from synkworld._client_protocol import ClientProtocol, RunCall
 from synkworld._connection import Connection, Dispatch
-from synkworld._errors import ConfigError, RefusedError
+from synkworld._errors import ConfigError, ProtocolError, RefusedError
 from synkworld._handlers import Call, Handler, HandlerRegistry
 from synkworld._http_guard import AcceptErrorFilter, GuardedSite, default_max_connections
 from synkworld._limits import Limits
-from synkworld._metrics import Sample, ServerMetrics, render
+from synkworld._metrics import MetricsSource, ServerMetrics, StatisticsCollector, families
 from synkworld._persistence import Persistence
 from synkworld._protocol import MAX_CLIENT_FRAME_BYTES
 from synkworld._sessions import Session
@@ -119,7 +121,8 @@ class Server:
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._connections: dict[str, Connection] = {}
         self.persistence: Persistence | None = None
-        self._extra_samples: list[Callable[[], list[Sample]]] = []
+        self._metric_sources: list[MetricsSource] = [self._metric_families]
+        self.metrics.registry.register(StatisticsCollector(self._metric_sources))
         self._accepting = False
         self._site: GuardedSite | None = None
         self.url: str | None = None
@@ -169,7 +172,7 @@ class Server:
             raise ConfigError("the server already persists to a store")
         self.persistence = Persistence(self.world, store, **write_behind)
         self.loop.on_changes(self.persistence.on_changes)
-        self.add_metrics(self.persistence.samples)
+        self.add_metrics(self.persistence.metric_families)
         return self.persistence
 
     def configure(
@@ -235,7 +238,17 @@ class Server:
 
     async def _run_call(self, session: Session, request: RunCall) -> Any:
         call = Call(request.name, session.identity, session, self.world)
-        return await self.handlers.call(call, request.args)
+        # Clients name the handler: only registered names become labels.
+        label = request.name if request.name in self.handlers else "(unknown)"
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self.handlers.call(call, request.args)
+        except ProtocolError as e:
+            outcome = e.code
+            raise
+        finally:
+            self.metrics.observe_call(label, outcome, time.perf_counter() - started)
 
     async def _identity(self, request: web.Request) -> Any:
         """The identity the authentication hook gives the request; raises the HTTP refusal."""
@@ -313,106 +326,122 @@ class Server:
 
     def metrics_text(self) -> str:
         """Every metric in the Prometheus text format."""
+        return self.metrics.text()
+
+    def add_metrics(self, source: MetricsSource) -> None:
+        """Adds what `source()` returns (prometheus_client metric families) to every scrape."""
+        self._metric_sources.append(source)
+
+    def _metric_families(self) -> list[Metric]:
+        """The server's own metrics: the statistics of the loop, the world and the transport."""
         t = self.loop.statistics()
         w = self.world.statistics()
         m = self.metrics
         lagging = sum(1 for c in self._connections.values() if c.session.lagging)
         compressed = sum(1 for c in self._connections.values() if c.ws.compress)
-        samples: list[Sample] = [
-            ("synkworld_tick", "gauge", "The last tick number.", {}, t.tick),
-            ("synkworld_tick_rate_hz", "gauge", "The target tick rate.", {}, t.tick_rate_hz),
+        ph = t.phases_total
+        values = [
+            ("synkworld_tick", "gauge", "The last tick number.", t.tick),
+            ("synkworld_tick_rate_hz", "gauge", "The target tick rate.", t.tick_rate_hz),
             (
                 "synkworld_ticks_behind_total",
                 "counter",
                 "Ticks that overran their slot in the schedule.",
-                {},
                 t.ticks_behind,
             ),
-            ("synkworld_clients", "gauge", "Connected clients.", {}, len(self._connections)),
-            ("synkworld_clients_lagging", "gauge", "Clients owed a resync.", {}, lagging),
+            ("synkworld_clients", "gauge", "Connected clients.", len(self._connections)),
+            ("synkworld_clients_lagging", "gauge", "Clients owed a resync.", lagging),
             (
                 "synkworld_clients_compressed",
                 "gauge",
                 "Clients whose frames are compressed (permessage-deflate).",
-                {},
                 compressed,
             ),
-            ("synkworld_objects", "gauge", "Objects in the world.", {}, w.objects),
-            ("synkworld_keys", "gauge", "Keys holding objects.", {}, w.keys),
+            ("synkworld_objects", "gauge", "Objects in the world.", w.objects),
+            ("synkworld_keys", "gauge", "Keys holding objects.", w.keys),
             (
                 "synkworld_connections_total",
                 "counter",
                 "WebSocket connections accepted.",
-                {},
                 m.connections_total,
             ),
-            ("synkworld_refused_total", "counter", "Upgrades refused (401).", {}, m.refused_total),
-            ("synkworld_frames_sent_total", "counter", "Frames written.", {}, m.frames_written),
-            (
-                "synkworld_bytes_sent_total",
-                "counter",
-                "Bytes of frames written.",
-                {},
-                m.bytes_written,
-            ),
-            (
-                "synkworld_frames_queued_total",
-                "counter",
-                "Tick frames queued.",
-                {},
-                t.frames_queued,
-            ),
+            ("synkworld_refused_total", "counter", "Upgrades refused (401).", m.refused_total),
+            ("synkworld_frames_sent_total", "counter", "Frames written.", m.frames_written),
+            ("synkworld_bytes_sent_total", "counter", "Bytes of frames written.", m.bytes_written),
+            ("synkworld_frames_queued_total", "counter", "Tick frames queued.", t.frames_queued),
             (
                 "synkworld_frames_dropped_total",
                 "counter",
                 "Tick frames dropped for slow clients.",
-                {},
                 t.frames_dropped,
             ),
-            ("synkworld_resyncs_total", "counter", "Resyncs sent.", {}, t.resyncs),
+            ("synkworld_resyncs_total", "counter", "Resyncs sent.", t.resyncs),
             (
                 "synkworld_clients_closed_slow_total",
                 "counter",
                 "Clients closed with 1013 for staying behind.",
-                {},
                 m.closed_slow_total,
-            ),
-            *(
-                (
-                    "synkworld_tick_phase_seconds_total",
-                    "counter",
-                    "Time spent in each phase of the ticks.",
-                    {"phase": phase},
-                    seconds,
-                )
-                for phase, seconds in (
-                    ("simulate", t.phases_total.simulate_s),
-                    ("commit", t.phases_total.commit_s),
-                    ("frames", t.phases_total.frames_s),
-                )
             ),
             (
                 "synkworld_simulation_errors_total",
                 "counter",
                 "Simulation steps that raised.",
-                {},
                 t.simulation_errors,
             ),
         ]
-        for code, n in sorted(m.errors.items()):
-            samples.append(
-                ("synkworld_errors_total", "counter", "Errors sent, by code.", {"code": code}, n)
-            )
-        for extra in self._extra_samples:
-            samples.extend(extra())
-        return render(
-            samples,
-            [("synkworld_tick_duration_seconds", "Duration of one tick.", m.tick_duration)],
-        )
-
-    def add_metrics(self, source: Callable[[], list[Sample]]) -> None:
-        """Adds samples (name, type, help, labels, value) to /metrics, read on every scrape."""
-        self._extra_samples.append(source)
+        phases = {
+            "simulate": ph.simulate_s,
+            "commit": ph.commit_s,
+            "bus": ph.bus_s,
+            "frames": ph.frames_s,
+        }
+        labelled = [
+            (
+                "synkworld_tick_phase_seconds_total",
+                "counter",
+                "Time spent in each phase of the ticks.",
+                "phase",
+                phases,
+            ),
+            (
+                "synkworld_errors_total",
+                "counter",
+                "Errors sent, by code.",
+                "code",
+                {code: float(n) for code, n in m.errors.items()},
+            ),
+        ]
+        site = self._site
+        if site is not None and site.guard is not None:
+            g = site.guard.statistics()
+            values += [
+                ("synkworld_http_connections", "gauge", "Open HTTP connections.", g.connections),
+                (
+                    "synkworld_http_waiting_for_request",
+                    "gauge",
+                    "Connections that have not sent a request yet.",
+                    g.waiting_for_request,
+                ),
+                (
+                    "synkworld_http_timed_out_total",
+                    "counter",
+                    "Connections closed for sending no request in time.",
+                    g.timed_out,
+                ),
+                (
+                    "synkworld_http_refused_total",
+                    "counter",
+                    "Connections refused at a limit (503).",
+                    g.refused,
+                ),
+                (
+                    "synkworld_http_evicted_total",
+                    "counter",
+                    "Connections without a request closed to make room.",
+                    g.evicted,
+                ),
+            ]
+        return families(values, labelled)
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         if not self._accepting:

@@ -251,3 +251,31 @@ async def test_graceful_shutdown_closes_clients_with_going_away() -> None:
         assert server.world.tick >= ticks_before
         with pytest.raises(aiohttp.ClientConnectorError):
             await http.ws_connect(url + "/ws")
+
+
+async def test_metrics_carry_the_process_and_each_handlers_calls(serve: Any) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    server = Server(make_world(), autotick=False, freeze_gc=False)
+
+    @server.handler("echo")
+    def echo(call: Any, x: int) -> int:
+        return x
+
+    async with serve(server) as h:
+        c = await h.connect()
+        for i in range(3):
+            await c.call("echo", {"x": i}, i)
+        await c.call("echo", {"x": "no"}, 9)
+        for i in range(5):
+            await c.call(f"random-{i}", {}, 10 + i)  # never a label of its own
+        async with h.http.get(h.url + "/metrics") as r:
+            families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+    calls = {
+        (s.labels["handler"], s.labels["outcome"]): s.value
+        for s in families["synkworld_call_duration_seconds"].samples
+        if s.name.endswith("_count")
+    }
+    assert calls == {("echo", "ok"): 3, ("echo", "bad_args"): 1, ("(unknown)", "no_handler"): 5}
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    assert families["synkworld_http_connections"].samples[0].value >= 1
