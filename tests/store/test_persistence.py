@@ -15,7 +15,7 @@ import pytest
 from synkworld import DocumentError, GridMap, Limits, Server, Session, TickLoop, World
 from synkworld._persistence import Persistence, load_documents
 from synkworld.store import MongoStore, Region, SQLiteStore, Store
-from tests.store.conftest import CLIENT_OPTIONS, MongoServer
+from tests.store.support import CLIENT_OPTIONS, MongoServer
 from tests.store.world_types import Crate, Notice, new_world
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from synkworld._persistence import Persistence
 from synkworld.store import MemoryStore, SQLiteStore
 from synkworld.store._spill import SpillJournal
 from synkworld.testing import start_process
-from tests.store.conftest import CLIENT_OPTIONS, MongoServer
+from tests.store.support import CLIENT_OPTIONS, MongoServer
 from tests.store.world_types import Crate, new_world
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-WEB = ROOT / "web"
+from tests.web.support import WEB
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from synkworld import GridMap, Limits, Server, SynkObject, World
 from synkworld._protocol import encode_pong
 from synkworld._sessions import Session
 from synkworld.testing import ReferenceClient, start_process_async, world_truth
-from tests.web.conftest import WEB
+from tests.web.support import WEB
 
 pytestmark = pytest.mark.timeout(60)
 

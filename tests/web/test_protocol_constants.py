@@ -10,7 +10,7 @@ import pytest
 
 from synkworld import GridMap, Server, World, _protocol
 from synkworld._protocol import ViewMessage, parse_client_message
-from tests.web.conftest import WEB
+from tests.web.support import WEB
 
 pytestmark = pytest.mark.timeout(60)
 
