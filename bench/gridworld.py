@@ -774,6 +774,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="permessage-deflate: the server enables it and every client offers it",
     )
+    g.add_argument(
+        "--no-direct-writes",
+        action="store_true",
+        help="every frame through aiohttp's writer instead of straight to idle sockets",
+    )
     h = p.add_argument_group("harness")
     h.add_argument(
         "--compare-naive",
@@ -846,6 +851,7 @@ def _scenario(a: argparse.Namespace) -> Scenario:
         loadgen_procs=a.loadgen_procs,
         mode=a.mode,
         compression=a.compression,
+        direct_writes=not a.no_direct_writes,
     )
 
 
@@ -946,7 +952,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.sweep is None:
         result.update(asyncio.run(run_benchmark(sc, opts, compare_naive=a.compare_naive)))
         deflate = "-deflate" if sc.compression else ""
-        name = f"gridworld-E{sc.entities}-C{sc.clients}{deflate}.json"
+        writes = "" if sc.direct_writes else "-aiohttp-writes"
+        name = f"gridworld-E{sc.entities}-C{sc.clients}{deflate}{writes}.json"
     else:
         swept = dataclasses.replace(sc, seconds=a.sweep_seconds, warmup_s=a.sweep_warmup)
         result["scenario"] = swept.to_json()

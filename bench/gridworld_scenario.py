@@ -56,6 +56,7 @@ class Scenario:
     loadgen_procs: int = 2
     mode: str = "shared"  # or "per-client": the naive baseline
     compression: bool = False  # permessage-deflate, offered by the clients, enabled by the server
+    direct_writes: bool = True  # False: every frame through aiohttp's writer (to compare)
 
     @property
     def motion_ticks(self) -> int:

@@ -281,6 +281,7 @@ def build_server(sc: Scenario, *, profile: bool = False) -> BenchServer:
         limits=limits,
         loop=loop_class(world, tick_rate_hz=sc.tick_rate_hz, limits=limits),
         compression=sc.compression,
+        direct_writes=sc.direct_writes,
         profile=profile,
     )
 

@@ -91,6 +91,7 @@ class Server:
         loop: TickLoop | None = None,
         compression: bool = False,
         serve_client: bool = True,
+        direct_writes: bool = True,
     ) -> None:
         self.world = world
         self.limits = limits or (loop.limits if loop is not None else Limits())
@@ -114,6 +115,10 @@ class Server:
         self.autotick = autotick
         # The JavaScript client at /synkworld/client.js (and client.d.ts).
         self.serve_client = serve_client
+        # Frames written straight to idle sockets from the tick (see
+        # Connection._direct_write); False sends every frame through aiohttp's
+        # writer, which the bench compares with.
+        self.direct_writes = direct_writes
         self.authenticate: Authenticate | None = None
         self.authorize_keys: AuthorizeKeys | None = None
         self.on_connect: SessionHook | None = None
@@ -468,7 +473,12 @@ class Server:
         # A compressed connection's frames all go through aiohttp's writer,
         # which owns the connection's compression context: no direct writes.
         conn = Connection(
-            ws, protocol, self._dispatch, self.metrics, transport, direct_writes=not ws.compress
+            ws,
+            protocol,
+            self._dispatch,
+            self.metrics,
+            transport,
+            direct_writes=self.direct_writes and not ws.compress,
         )
         protocol.hello(self.world.tick, self.loop.tick_rate_hz, self.world.grid.describe())
         sid = session.sid
