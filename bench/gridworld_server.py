@@ -19,7 +19,8 @@ The bench-only routes (never part of synkworld's own application):
   first simulation step), the process CPU time then (time.process_time(): the
   difference to the next tick's is that tick's CPU, writes included), its
   duration (`TickLoop.on_tick_done`) and the seconds of its phases
-  (simulate, commit, frames: `TickLoop.last_phases`).
+  (simulate, commit, bus, frames: `TickLoop.last_phases`), and the naive
+  baseline's decoding of the batches (0 for synkworld).
 - ``GET /bench/stats``: peak RSS, tick loop and transport counters.
 - ``POST /bench/profile/start`` and ``/bench/profile/stop`` (with ``--profile``):
   pyinstrument over the measured window; stop answers the flat (self time) and
@@ -44,7 +45,7 @@ import orjson
 from aiohttp import web
 
 from bench.gridworld_scenario import Motion, Scenario
-from bench.naive_frames import NaiveTickLoop
+from bench.naive_frames import NaiveTickLoop, NaiveWorld
 from synkworld import GridMap, Limits, Server, SynkObject, TickLoop, World
 
 __all__ = ["BenchServer", "Entity", "build_server", "create_entities", "main"]
@@ -104,7 +105,8 @@ class BenchServer(Server):
         self.tick_start_cpu: list[float] = []
         self.tick_done_n: list[int] = []
         self.tick_done_s: list[float] = []
-        self.tick_phases: list[list[float]] = []  # [simulate, commit, frames] seconds
+        # [simulate, commit, bus, frames, the naive baseline's decoding] seconds
+        self.tick_phases: list[list[float]] = []
         # Registered first: the wall time stamped here is the start of the tick's changes.
         self.simulation(self._step)
         self.loop.on_tick_done(self._tick_done)
@@ -129,7 +131,8 @@ class BenchServer(Server):
         self.tick_done_n.append(self.world.tick)
         self.tick_done_s.append(duration_s)
         p = self.loop.last_phases
-        self.tick_phases.append([p.simulate_s, p.commit_s, p.frames_s])
+        decode_s = getattr(self.loop, "last_decode_s", 0.0)
+        self.tick_phases.append([p.simulate_s, p.commit_s, p.bus_s, p.frames_s, decode_s])
 
     # -- routes ------------------------------------------------------------------------
 
@@ -265,7 +268,7 @@ def _current_rss() -> int:
 def build_server(sc: Scenario, *, profile: bool = False) -> BenchServer:
     """The grid-world world and server for a scenario."""
     size = sc.map_size
-    world = World(
+    world = (NaiveWorld if sc.mode == "per-client" else World)(
         GridMap(cell_size=sc.cell_size, bounds=(0, 0, size, size)),
         initial_capacity=max(sc.entities, 16),
     )

@@ -7,13 +7,21 @@ another process's batches byte for byte.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
-__all__ = ["Batch", "BatchBuilder", "TickBatches", "encode_snapshot"]
+from synkworld._motion_json import encode_motion, fits, id_rows
+
+if TYPE_CHECKING:
+    from synkworld._columns import Columns
+
+__all__ = ["Batch", "BatchBuilder", "Motion", "TickBatches", "encode_snapshot"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,41 @@ class TickBatches(Mapping[str, Batch]):
 
     def __contains__(self, key: object) -> bool:
         return key in self.data
+
+
+@dataclass(frozen=True, slots=True)
+class Motion:
+    """One tick's plain motion inside cells, sorted by cell: what a codec writes `mv` from.
+
+    Group g is cell `keys[g]`, of map `map_of[g]`, and owns the next `counts[g]`
+    entries of `slots`, `rx`, `ry` and `scale`: the objects' column slots, their
+    positions times 10**precision rounded to whole numbers, and 10**precision.
+    """
+
+    keys: list[str]
+    counts: npt.NDArray[np.int64]
+    map_of: npt.NDArray[np.int64]
+    precisions: Mapping[int, int]
+    slots: npt.NDArray[np.int64]
+    rx: npt.NDArray[np.float64]
+    ry: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+    cols: Columns
+
+    def as_lists(self, groups: npt.NDArray[np.bool_]) -> dict[str, list[list[Any]]]:
+        """The `mv` arrays of the chosen groups as lists: key -> [ids, xs, ys]."""
+        counts = self.counts
+        ents = np.repeat(groups, counts)
+        scale = self.scale[ents]
+        xr = (self.rx[ents] / scale).tolist()
+        yr = (self.ry[ents] / scale).tolist()
+        ids = self.cols.ids[self.slots[ents]].tolist()
+        ends = list(itertools.accumulate(counts[groups].tolist()))
+        begins = [0, *ends[:-1]]
+        chosen = [self.keys[g] for g in np.flatnonzero(groups).tolist()]
+        return {
+            k: [ids[a:b], xr[a:b], yr[a:b]] for k, a, b in zip(chosen, begins, ends, strict=True)
+        }
 
 
 @dataclass(slots=True)
@@ -107,6 +150,42 @@ class BatchBuilder:
     def mv_many(self, motion: dict[str, list[list[Any]]]) -> None:
         """Records `mv` arrays of many keys at once (key -> [ids, xs, ys])."""
         self._motion.update(motion)
+
+    def motion(self, m: Motion) -> None:
+        """Records a tick's plain motion: every cell's `mv` arrays written in bulk, to bytes.
+
+        A cell with per-object entries too gets them, encoded, in front of its
+        `mv`; a map whose rounded positions orjson would write with an
+        exponent goes through orjson instead (`fits`).
+        """
+        counts, map_of, cols = m.counts, m.map_of, m.cols
+        as_lists = np.zeros(len(m.keys), dtype=bool)
+        map_indices = [0] if len(m.precisions) == 1 else np.unique(map_of).tolist()
+        for index in map_indices:
+            groups = map_of == index
+            ents = np.repeat(groups, counts)
+            precision = m.precisions[index]
+            rx, ry = m.rx[ents], m.ry[ents]
+            if not fits(rx, ry, precision):
+                as_lists |= groups
+                continue
+            if len(map_indices) == 1:
+                chosen = m.keys
+            else:
+                chosen = [m.keys[g] for g in np.flatnonzero(groups).tolist()]
+            slots = m.slots[ents]
+            data = encode_motion(
+                self.mv_prefixes(chosen),
+                counts[groups],
+                id_rows(cols.id_json[slots]),
+                cols.id_len[slots],
+                rx,
+                ry,
+                precision,
+            )
+            self.ready(chosen, data)
+        if as_lists.any():
+            self.mv_many(m.as_lists(as_lists))
 
     def ready(self, keys: list[str], data: list[bytes]) -> None:
         """Records finished, encoded batches; their keys' entries were taken already."""

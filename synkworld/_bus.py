@@ -108,11 +108,13 @@ class LocalBus(Bus):
             raise ConfigError("snapshot_delay_ticks must not be negative")
         self.snapshot_delay_ticks = snapshot_delay_ticks
         self._owners: list[_LocalPort] = []
+        self._ports: list[_LocalPort] = []
         self._published: dict[int, dict[_LocalPort, Mapping[str, bytes]]] = {}
         self._arrived: dict[int, asyncio.Event] = {}
 
     def attach(self, world: World, *, owns: Callable[[str], bool] | None = None) -> BusPort:
         port = _LocalPort(self, world, owns)
+        self._ports.append(port)
         if owns is not owns_nothing:
             self._owners.append(port)
         return port
@@ -124,8 +126,13 @@ class LocalBus(Bus):
             event = self._arrived.pop(tick, None)
             if event is not None:
                 event.set()
-        # Nobody builds frames of ticks this old any more.
-        for old in [t for t in self._published if t < tick - 64]:
+
+    def _delivered(self, port: _LocalPort, tick: int) -> None:
+        # A tick's batches are kept until every loop has built its frames: with
+        # one loop, not a tick longer (they are the bulk of a tick's memory).
+        port._delivered = tick
+        done = min(p._delivered for p in self._ports)
+        for old in [t for t in self._published if t <= done]:
             del self._published[old]
 
     def _batches(self, tick: int) -> Mapping[str, bytes] | None:
@@ -159,7 +166,7 @@ def owns_nothing(key: str) -> bool:
 
 
 class _LocalPort(BusPort):
-    __slots__ = ("_asked", "_bus", "_tick", "owns", "world")
+    __slots__ = ("_asked", "_bus", "_delivered", "_tick", "owns", "world")
 
     def __init__(self, bus: LocalBus, world: World, owns: Callable[[str], bool] | None) -> None:
         self._bus = bus
@@ -167,6 +174,7 @@ class _LocalPort(BusPort):
         self.owns = _EVERYTHING if owns is None else owns
         self._asked: dict[str, int] = {}
         self._tick = 0
+        self._delivered = 0
 
     async def publish(self, changes: TickChanges) -> None:
         self.publish_nowait(changes)
@@ -177,12 +185,15 @@ class _LocalPort(BusPort):
             self._bus._publish(self, changes.tick, changes.batches.data)
 
     async def delivery(self, tick: int) -> TickDelivery:
-        return TickDelivery(tick, await self._bus._wait(tick), self._snapshots(tick))
+        batches = await self._bus._wait(tick)
+        self._bus._delivered(self, tick)
+        return TickDelivery(tick, batches, self._snapshots(tick))
 
     def delivery_nowait(self, tick: int) -> TickDelivery:
         batches = self._bus._batches(tick)
         if batches is None:
             raise WouldBlockError(f"not every owner has published tick {tick} yet")
+        self._bus._delivered(self, tick)
         return TickDelivery(tick, batches, self._snapshots(tick))
 
     def _snapshots(self, tick: int) -> SnapshotSource:

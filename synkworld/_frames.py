@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from synkworld._batch import TickBatches
 from synkworld._bus import SnapshotSource
@@ -19,6 +19,8 @@ from synkworld._protocol import encode_resync, encode_tick
 from synkworld._sessions import Session
 
 __all__ = ["DeliveryReport", "FrameEncoder", "SharedFrames", "deliver_frames", "snapshots_for"]
+
+_NONE: list[Any] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +78,8 @@ class SharedFrames:
     def tick_frame(self, tick: int, session: Session) -> bytes | None:
         # The batches of the keys held before this frame's subscription change.
         parts = list(filter(None, map(self._get, session.held)))  # batch bytes are never empty
+        if not session.wanted_changed:  # the common case, without a call per session
+            return encode_tick(tick, parts, _NONE, _NONE, _NONE)
         added, removed, snaps = snapshots_for(session, self._snapshots)
         return encode_tick(tick, parts, added, removed, snaps)
 

@@ -68,7 +68,8 @@ class Session:
         self.direct_write: Callable[[bytes], bool] | None = None
         self.held: set[str] = set()
         self._wanted: set[str] = set()
-        self._wanted_changed = False
+        # True when `wanted` may differ from `held`: a subscription change to take.
+        self.wanted_changed = False
         self.lagging_since: float | None = None
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
@@ -129,18 +130,18 @@ class Session:
     @wanted.setter
     def wanted(self, keys: set[str]) -> None:
         self._wanted = keys
-        self._wanted_changed = True
+        self.wanted_changed = True
 
     def subscription_change(self) -> tuple[list[str], list[str]]:
         """The keys that would make `held` equal `wanted`: (added, removed), sorted.
 
         Changes nothing; cheap when the subscription did not change since.
         """
-        if not self._wanted_changed:
+        if not self.wanted_changed:
             return [], []  # the common case, checked without comparing two sets
         wanted, held = self._wanted, self.held
         if wanted == held:
-            self._wanted_changed = False
+            self.wanted_changed = False
             return [], []
         return sorted(wanted - held), sorted(held - wanted)
 
@@ -158,7 +159,7 @@ class Session:
         if not added and not removed:
             return [], []
         held = self.held = (self.held - set(removed)) | set(added)
-        self._wanted_changed = held != self._wanted
+        self.wanted_changed = held != self._wanted
         return added, removed
 
     # -- outgoing queue ----------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from synkworld._batch import BatchBuilder, TickBatches, encode_snapshot
+from synkworld._batch import BatchBuilder, Motion, TickBatches, encode_snapshot
 from synkworld._columns import Columns, position_limit
 from synkworld._errors import (
     DocumentError,
@@ -29,7 +29,6 @@ from synkworld._errors import (
     WorldError,
 )
 from synkworld._grid import Grid, GridMap, cell_order, key_problem, looks_like_grid_key
-from synkworld._motion_json import encode_motion, fits, id_rows
 from synkworld._objects import Binding, SynkObject, object_type
 
 __all__ = ["TickChanges", "World", "WorldStatistics"]
@@ -284,7 +283,7 @@ class World:
         tick = self.tick + 1
         cols = self._cols
         grid = self.grid
-        out = BatchBuilder(tick, self._mv_prefix)
+        out = self._batch_builder(tick)
         changed_ids: list[str] = []
 
         # 1. Motion of every published positioned object, found by array comparison.
@@ -363,6 +362,14 @@ class World:
         )
         transient.difference_update(deleted)
         return kept
+
+    def _batch_builder(self, tick: int) -> BatchBuilder:
+        """What turns this tick's outcomes into batches: protocol v1's encoder.
+
+        A subclass may return another builder with the same methods (the
+        bench's naive baseline keeps messages instead of bytes).
+        """
+        return BatchBuilder(tick, self._mv_prefix)
 
     def _per_object(
         self,
@@ -454,46 +461,19 @@ class World:
         firsts = np.flatnonzero(np.diff(codes, prepend=-1))
         counts = np.diff(firsts, append=len(codes))
         group_codes = codes[firsts]
-        keys = self.grid.keys_for_codes(group_codes.tolist())
-        # Every cell's `mv` arrays are written in bulk, straight to bytes; a cell
-        # with per-object entries too gets them, encoded, in front of its `mv`.
-        as_lists = np.zeros(len(keys), dtype=bool)
-        map_of = group_codes >> 48
-        map_indices = [0] if len(self.grid.maps) == 1 else np.unique(map_of).tolist()
-        for index in map_indices:
-            groups = map_of == index
-            ents = np.repeat(groups, counts)
-            precision = self.grid.map_at(index).precision
-            if not fits(rx[ents], ry[ents], precision):
-                as_lists |= groups  # orjson writes some of them with an exponent
-                continue
-            if len(map_indices) == 1:
-                chosen = keys
-            else:
-                chosen = [keys[g] for g in np.flatnonzero(groups).tolist()]
-            data = encode_motion(
-                out.mv_prefixes(chosen),
-                counts[groups],
-                id_rows(cols.id_json[slots[ents]]),
-                cols.id_len[slots[ents]],
-                rx[ents],
-                ry[ents],
-                precision,
+        maps = self.grid.maps
+        out.motion(
+            Motion(
+                keys=self.grid.keys_for_codes(group_codes.tolist()),
+                counts=counts,
+                map_of=group_codes >> 48,
+                precisions={m.index: m.precision for m in maps.values()},
+                slots=slots,
+                rx=rx,
+                ry=ry,
+                scale=scale,
+                cols=cols,
             )
-            out.ready(chosen, data)
-        if not as_lists.any():
-            return
-        ents = np.repeat(as_lists, counts)
-        scale = scale[ents]
-        xr = (rx[ents] / scale).tolist()
-        yr = (ry[ents] / scale).tolist()
-        ids = cols.ids[slots[ents]].tolist()
-        sizes = counts[as_lists].tolist()
-        ends = list(itertools.accumulate(sizes))
-        begins = [0, *ends[:-1]]
-        chosen = [keys[g] for g in np.flatnonzero(as_lists).tolist()]
-        out.mv_many(
-            {k: [ids[a:b], xr[a:b], yr[a:b]] for k, a, b in zip(chosen, begins, ends, strict=True)}
         )
 
     # -- snapshots -----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from bench.gridworld_cache import (
     sampled_client,
 )
 from bench.gridworld_scenario import Motion, Scenario, pan_path, pan_rect
-from bench.naive_frames import NaiveTickLoop
+from bench.naive_frames import NaiveTickLoop, NaiveWorld
 from synkworld import GridMap, Limits, Session, SynkObject, TickLoop, World
 from synkworld.testing import ReferenceClient, world_truth
 
@@ -259,8 +259,8 @@ def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> 
     import numpy as np
     import orjson
 
-    def run(loop_class: type[TickLoop]) -> list[list[object]]:
-        world = World(
+    def run(world_class: type[World], loop_class: type[TickLoop]) -> list[list[object]]:
+        world = world_class(
             GridMap(cell_size=10, bounds=(0, 0, 100, 100)),
             id_factory=iter(f"b{i}" for i in range(10**6)).__next__,
         )
@@ -294,6 +294,6 @@ def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> 
                         out[i].append(orjson.loads(f))
         return out
 
-    shared, naive = run(TickLoop), run(NaiveTickLoop)
+    shared, naive = run(World, TickLoop), run(NaiveWorld, NaiveTickLoop)
     assert shared == naive
     assert any(f["m"] == "resync" for f in shared[4])  # type: ignore[index]

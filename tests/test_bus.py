@@ -235,3 +235,17 @@ async def test_a_fan_out_loop_waits_for_the_owner_in_step_async() -> None:
     frame = orjson.loads(session.pop() or b"")
     assert frame["sub"] == {"add": ["main:0:0"]}
     assert [o["t"] for o in frame["snap"][0]["objs"]] == ["bus-rover"]
+
+
+def test_a_tick_is_kept_only_until_every_loop_has_built_its_frames() -> None:
+    """Regression: the bus kept 64 ticks of batches alive (some 30 MB at the defaults)."""
+    bus = LocalBus()
+    world, gateway_world = World(new_grid()), World(new_grid())
+    owner = TickLoop(world, bus=bus)
+    gateway = TickLoop(gateway_world, bus=bus.attach(gateway_world, owns=owns_nothing))
+    world.create(Rover(x=1, y=1))
+    for _ in range(5):
+        owner.step()
+        assert len(bus._published) == 1  # the gateway has not built this tick yet
+        gateway.step()
+        assert not bus._published

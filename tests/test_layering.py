@@ -8,17 +8,23 @@ import sys
 import pytest
 
 CORE = [
+    "synkworld._errors",
+    "synkworld._limits",
     "synkworld._grid",
     "synkworld._objects",
     "synkworld._columns",
     "synkworld._world",
     "synkworld._batch",
-    "synkworld._tick",
-    "synkworld._sessions",
+    "synkworld._motion_json",
     "synkworld._protocol",
-    "synkworld._errors",
+    "synkworld._sessions",
+    "synkworld._client_protocol",
+    "synkworld._bus",
+    "synkworld._frames",
+    "synkworld._tick",
+    "synkworld._mirror",
 ]
-FORBIDDEN = ["aiohttp", "pymongo", "motor", "redis", "sqlite3"]
+FORBIDDEN = ["aiohttp", "pymongo", "motor", "redis", "sqlite3", "prometheus_client"]
 
 
 @pytest.mark.parametrize("module", CORE)
