@@ -11,6 +11,7 @@ Callers catch the bases; the code raises the leaves::
     │   ├── UnknownObjectError
     │   └── DuplicateIdError
     ├── RefusedError           the authentication hook refuses a client (HTTP 401)
+    ├── BusUnavailableError    the medium between processes cannot be reached (retry later)
     ├── StoreError             persistence failed
     │   ├── StoreUnavailableError   the database cannot be reached (retry later)
     │   └── DocumentRejectedError   the store refuses one document for good
@@ -98,6 +99,10 @@ class RefusedError(SynkError):
         super().__init__(reason)
         self.reason = reason
         self.status = status
+
+
+class BusUnavailableError(SynkError):
+    """The bus between processes (Redis) cannot be reached now; the caller retries later."""
 
 
 class StoreError(SynkError):

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from synkworld._batch import BatchBuilder, Motion, TickBatches, encode_snapshot
-from synkworld._columns import Columns, position_limit
+from synkworld._columns import UNPUBLISHED, Columns, position_limit
 from synkworld._errors import (
     DocumentError,
     DuplicateIdError,
@@ -31,7 +31,7 @@ from synkworld._errors import (
 from synkworld._grid import Grid, GridMap, cell_order, key_problem, looks_like_grid_key
 from synkworld._objects import Binding, SynkObject, object_type
 
-__all__ = ["TickChanges", "World", "WorldStatistics"]
+__all__ = ["Handover", "Ownership", "TickChanges", "World", "WorldStatistics"]
 
 _CHANNEL_KEY_MAX = 128
 
@@ -51,6 +51,36 @@ class TickChanges:
     changed_ids: list[str]
     deleted_ids: list[str]
     created_ids: list[str] = field(default_factory=list)
+    outgoing: list[Handover] = field(default_factory=list)
+    """Objects that entered keys another process owns: their `add` and their document."""
+    released_ids: list[str] = field(default_factory=list)
+    """The ids of `outgoing`, no longer in this world (nor to be written by it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handover:
+    """An object leaving this world for a key another process owns (moved or created there).
+
+    `entry` is its `add` for the destination key's batch (with ``from`` when it
+    moved there from a key of this world); `document` is its full stored state.
+    """
+
+    id: str
+    key: str
+    entry: dict[str, Any]
+    document: dict[str, Any]
+
+
+class Ownership(Protocol):
+    """Which keys a world's objects may stand under (several processes share one map)."""
+
+    def owns(self, key: str) -> bool:
+        """Tells whether this process owns the key (its objects live in this world)."""
+        ...
+
+    def can_enter(self, key: str) -> bool:
+        """Tells whether an object may be handed over into a key owned elsewhere now."""
+        ...
 
 
 class Flusher(Protocol):
@@ -107,6 +137,12 @@ class World:
         self._from_store: set[str] = set()
         # Live objects of types declared with persist=False, and those deleted this tick.
         self._transient: set[str] = set()
+        # With several processes on one map: which keys this world holds objects of.
+        self.ownership: Ownership | None = None
+        # Objects kept in their cell at a border while they cannot be handed over.
+        self._pinned: set[SynkObject] = set()
+        # Objects adopted since the last tick: the store writes them from here on.
+        self._adopted: list[str] = []
         self._snapshots: dict[str, bytes] = {}
         # Each key's `{"k":"<key>","mv":[[`, made once (BatchBuilder.mv_prefixes).
         self._mv_prefix: dict[str, bytes] = {}
@@ -278,9 +314,15 @@ class World:
 
     # -- the tick ------------------------------------------------------------------------
 
-    def commit(self) -> TickChanges:
-        """Ends a tick: turns every change since the last one into encoded batches."""
-        tick = self.tick + 1
+    def commit(self, tick: int | None = None) -> TickChanges:
+        """Ends a tick: turns every change since the last one into encoded batches.
+
+        `tick` is the tick's number when several processes share one clock
+        (default: one more than the last). With an `ownership`, objects that
+        enter keys owned elsewhere leave this world (`TickChanges.outgoing`),
+        or wait at the border while they cannot (`Ownership.can_enter`).
+        """
+        tick = self.tick + 1 if tick is None else tick
         cols = self._cols
         grid = self.grid
         out = self._batch_builder(tick)
@@ -290,6 +332,12 @@ class World:
         top = cols.top
         xs, ys = cols.pos[0][:top], cols.pos[1][:top]
         moved_mask = cols.tracked[:top] & ((xs != cols.prev[0][:top]) | (ys != cols.prev[1][:top]))
+        pinned = self._pinned
+        if pinned:
+            # Waiting at a border: tried again every tick, moved or not.
+            self._pinned = set()
+            live = [o._binding.slot for o in pinned if o._binding is not None]
+            moved_mask[live] = True
         moved = np.flatnonzero(moved_mask)
         new_codes = grid.codes_of(cols.map_index[moved], xs[moved], ys[moved])
         crossed = new_codes != cols.code[moved]
@@ -310,10 +358,23 @@ class World:
         deleted_ids = list(self._deleted)
 
         # 3. Creations: an `add` with the full state, version 1.
+        own = self.ownership
+        outgoing: list[Handover] = []
+        released: list[SynkObject] = []
+        held_back: dict[str, SynkObject] = {}
         for oid, obj in self._created.items():
             slot = obj._binding.slot  # type: ignore[union-attr]
             if cols.ver[slot] <= 0:
                 cols.ver[slot] = 1
+            if own is not None:
+                key = self._key_now(obj)
+                if not own.owns(key):
+                    if own.can_enter(key):
+                        outgoing.append(self._handover(obj, key, None))
+                        released.append(obj)
+                    else:
+                        held_back[oid] = obj  # created in a key nobody can take yet
+                    continue
             key = self._publish(obj)
             out.add(key, oid, obj.synk_type, int(cols.ver[slot]), obj.wire_state())
             changed_ids.append(oid)
@@ -327,20 +388,34 @@ class World:
             if obj not in dirty:
                 per_object.append((obj, set()))
         if per_object:
-            self._per_object(out, per_object, moved_mask, moved, new_codes, changed_ids)
+            self._per_object(
+                out, per_object, moved_mask, moved, new_codes, changed_ids, outgoing, released
+            )
 
         # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
         if len(plain):
             self._plain_motion(out, plain, plain_codes)
             changed_ids.extend(cols.ids[plain].tolist())
 
-        created_ids = [oid for oid in self._created if oid not in self._from_store]
+        created_ids = [
+            oid for oid in self._created if oid not in self._from_store and oid not in held_back
+        ]
+        if self._adopted:
+            changed_ids.extend(self._adopted)
+            self._adopted = []
+        released_ids = [o.id for o in released]
+        if released:
+            gone = set(released_ids)
+            changed_ids = [i for i in changed_ids if i not in gone]
+            created_ids = [i for i in created_ids if i not in gone]
+            for obj in released:
+                self._release(obj)
         if self._transient:
             changed_ids, deleted_ids, created_ids = self._persisted(
                 changed_ids, deleted_ids, created_ids
             )
         self._dirty = {}
-        self._created = {}
+        self._created = held_back
         self._deleted = {}
         self._from_store = set()
         batches = out.encode()
@@ -348,7 +423,52 @@ class World:
         for key in batches.data:
             snapshots.pop(key, None)
         self.tick = tick
-        return TickChanges(tick, batches, changed_ids, deleted_ids, created_ids)
+        return TickChanges(
+            tick, batches, changed_ids, deleted_ids, created_ids, outgoing, released_ids
+        )
+
+    def _key_now(self, obj: SynkObject) -> str:
+        """The key an object stands under by its position now (not as published)."""
+        binding = obj._binding
+        assert binding is not None
+        if binding.channel is not None:
+            return binding.channel
+        slot = binding.slot
+        cols = self._cols
+        assert binding.map is not None
+        return binding.map.key_of(float(cols.pos[0][slot]), float(cols.pos[1][slot]))
+
+    def _handover(self, obj: SynkObject, key: str, moved_from: str | None) -> Handover:
+        """The `add` and the document of an object entering `key`, owned elsewhere."""
+        version = obj.version or 1
+        entry: dict[str, Any] = {
+            "id": obj.id,
+            "t": obj.synk_type,
+            "v": version,
+            "s": obj.wire_state(),
+        }
+        if moved_from is not None:
+            entry["from"] = moved_from
+        doc = self.document(obj)
+        doc["key"] = key
+        doc["v"] = version
+        return Handover(obj.id, key, entry, doc)
+
+    def _release(self, obj: SynkObject) -> None:
+        """Takes an object out of this world without a `rem` (it lives on elsewhere)."""
+        binding = obj._binding
+        assert binding is not None
+        if binding.channel is not None or self._cols.code[binding.slot] != UNPUBLISHED:
+            key = self._published_key(obj)
+            members = self._by_key.get(key)
+            if members is not None and members.get(obj.id) is obj:
+                members.pop(obj.id)
+                if not members:
+                    del self._by_key[key]
+        self._objects.pop(obj.id, None)
+        self._dirty.pop(obj, None)
+        self._transient.discard(obj.id)
+        self._detach(obj)
 
     def _persisted(
         self, changed: list[str], deleted: list[str], created: list[str]
@@ -379,6 +499,8 @@ class World:
         moved: npt.NDArray[np.int64],
         new_codes: npt.NDArray[np.int64],
         changed_ids: list[str],
+        outgoing: list[Handover],
+        released: list[SynkObject],
     ) -> None:
         """A `mod` for each object (and an `add` where it crossed into another cell)."""
         cols = self._cols
@@ -395,6 +517,10 @@ class World:
         code_after[moved] = new_codes
         old_codes = cols.code[slots]
         codes = np.where(did_move, code_after[slots], old_codes)
+        # A pinned object that did not move since: nothing to say, unless it can go now.
+        unmoved = (cols.pos[0][slots] == cols.prev[0][slots]) & (
+            cols.pos[1][slots] == cols.prev[1][slots]
+        )
         versions = cols.ver[slots] + 1
         cols.ver[slots] = versions
         went = slots[did_move]
@@ -402,6 +528,7 @@ class World:
         cols.prev[1][went] = cols.pos[1][went]
         cols.code[went] = codes[did_move]
         key_for_code = self.grid.key_for_code
+        own = self.ownership
         rows = zip(
             per_object,
             did_move.tolist(),
@@ -410,9 +537,10 @@ class World:
             old_codes.tolist(),
             codes.tolist(),
             versions.tolist(),
+            unmoved.tolist(),
             strict=True,
         )
-        for (obj, names), obj_moved, x, y, old_code, code, ver in rows:
+        for (obj, names), obj_moved, x, y, old_code, code, ver, still in rows:
             values = obj._values
             diff = {n: values[n] for n in names}
             binding = obj._binding
@@ -430,13 +558,32 @@ class World:
             diff[py] = ry
             if code == old_code:
                 out.mod(old_key, obj.id, ver, diff)
-            else:
-                new_key = key_for_code(code)
-                self._rekey(obj, old_key, new_key)
+                changed_ids.append(obj.id)
+                continue
+            new_key = key_for_code(code)
+            if own is not None and not own.owns(new_key):
+                slot = binding.slot
+                if not own.can_enter(new_key):
+                    # Waits in its cell at the border, its position beyond it.
+                    cols.code[slot] = old_code
+                    self._pinned.add(obj)
+                    if still and not names:
+                        cols.ver[slot] = ver - 1
+                        continue
+                    out.mod(old_key, obj.id, ver, diff)
+                    changed_ids.append(obj.id)
+                    continue
                 out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
-                # The full state, as `wire_state` writes it.
-                state = {**values, px: rx, py: ry}
-                out.add(new_key, obj.id, obj.synk_type, ver, state, moved_from=old_key)
+                outgoing.append(self._handover(obj, new_key, old_key))
+                # Still published under its old key until it is released.
+                cols.code[slot] = old_code
+                released.append(obj)
+                continue
+            self._rekey(obj, old_key, new_key)
+            out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
+            # The full state, as `wire_state` writes it.
+            state = {**values, px: rx, py: ry}
+            out.add(new_key, obj.id, obj.synk_type, ver, state, moved_from=old_key)
             changed_ids.append(obj.id)
 
     def _plain_motion(
@@ -494,7 +641,8 @@ class World:
         members = self._by_key.get(key)
         if not members:
             return {"k": key, "objs": []}
-        objs = list(members.values())
+        # In id order: every process that mirrors the key writes the same bytes.
+        objs = sorted(members.values(), key=_by_id)
         cols = self._cols
         bindings = [o._binding for o in objs]
         slots = [b.slot for b in bindings]  # type: ignore[union-attr]
@@ -581,6 +729,47 @@ class World:
         else:
             self._from_store.add(oid)
         return obj
+
+    # -- several processes on one map ----------------------------------------------------------
+
+    def adopt(self, doc: Mapping[str, Any]) -> SynkObject | None:
+        """Takes in an object handed over by another process, published at once, unannounced.
+
+        Its `add` went to the clients already, in the other process's batches.
+        The store writes it from this world from the next tick on. Adopting an
+        id this world holds already changes nothing (adoption is idempotent);
+        returns the object, or None then.
+        """
+        oid = doc.get("_id")
+        if isinstance(oid, str) and oid in self._objects:
+            return None
+        obj = self.load(doc)
+        self._adopted.append(obj.id)
+        key = obj.key
+        if key is not None:
+            self._snapshots.pop(key, None)
+        return obj
+
+    def release(self, objs: Iterable[SynkObject]) -> list[dict[str, Any]]:
+        """Takes objects out of this world without a `rem`; returns their documents.
+
+        For a region that migrates to another process, which adopts them: its
+        clients see nothing. Changes made since the last tick are in the
+        documents (call it right after a tick for them to be in the batches too).
+        """
+        docs = []
+        for obj in list(objs):
+            if obj.world is not self:
+                raise UnknownObjectError(f"no object {obj.id!r} in the world")
+            doc = self.document(obj)
+            published = obj.id not in self._created
+            key = self._published_key(obj) if published else None
+            docs.append(doc)
+            self._created.pop(obj.id, None)
+            if key is not None:
+                self._snapshots.pop(key, None)
+            self._release(obj)
+        return docs
 
     # -- durability --------------------------------------------------------------------------
 
@@ -687,6 +876,10 @@ class World:
         slot = binding.slot
         obj._unbind()
         self._cols.free(slot)
+
+
+def _by_id(obj: SynkObject) -> str:
+    return obj.id
 
 
 def _check_channel_key(key: str) -> None:

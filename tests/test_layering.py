@@ -23,6 +23,9 @@ CORE = [
     "synkworld._frames",
     "synkworld._tick",
     "synkworld._mirror",
+    "synkworld._bus_backend",
+    "synkworld.bus",
+    "synkworld.bus.memory",
 ]
 FORBIDDEN = ["aiohttp", "pymongo", "motor", "redis", "sqlite3", "prometheus_client"]
 

@@ -1,0 +1,136 @@
+"""What several processes on one map need of the medium between them: the bus backend.
+
+Leases with fencing epochs, one stream per region whose entries are the ticks,
+sets of wanted keys, a clock epoch set once, membership, and messages to a
+process. `synkworld.bus.MemoryBackend` implements it in one process (with
+faults to inject), `synkworld.bus.RedisBackend` over Redis; one contract test
+suite runs over both (tests/bus/). The cluster's logic (`synkworld._cluster`)
+is written against this interface only, so the core never imports redis.
+
+Every entry of a region's stream is one tick: its id is the tick number. An
+append is fenced at the resource: it succeeds only while the appender holds the
+region's lease at the epoch it names. Epochs come from one counter per world,
+so they only grow, across regions too.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+__all__ = ["AppendStatus", "BusBackend", "Lease", "ReadResult", "Record"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who holds a region, at which epoch."""
+
+    node: str
+    epoch: int
+
+
+class AppendStatus(enum.Enum):
+    """What became of one fenced append."""
+
+    OK = "ok"
+    FENCED = "fenced"  # the lease is not the appender's at that epoch: nothing written
+    DUPLICATE = "duplicate"  # an entry with this tick (or a later one) is there: nothing written
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One entry of a region's stream: the tick it is, and its fields."""
+
+    region: str
+    tick: int
+    fields: Mapping[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """Entries after the cursors, in tick order per region, and where some were missed."""
+
+    records: list[Record] = field(default_factory=list)
+    gaps: frozenset[str] = frozenset()
+    """Regions whose next entry was trimmed away (or the stream was lost): the reader
+    skipped ticks it will never see."""
+
+
+class BusBackend(abc.ABC):
+    """One process's connection to the medium of one shared world."""
+
+    # -- the clock ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def clock_epoch(self, proposed_ms: int) -> int:
+        """The world's tick 0, in Unix milliseconds: set once (by the first to ask), then read."""
+
+    # -- leases -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def acquire(self, region: str, node: str, ttl_ms: int) -> int | None:
+        """Takes a free region's lease for `ttl_ms`, with a new epoch; None if someone holds it.
+
+        A region this node holds already is renewed, and its epoch returned.
+        """
+
+    @abc.abstractmethod
+    async def renew(self, leases: Mapping[str, int], node: str, ttl_ms: int) -> set[str]:
+        """Extends the leases this node holds (region -> epoch); returns the regions it lost."""
+
+    @abc.abstractmethod
+    async def release(self, region: str, node: str, epoch: int) -> None:
+        """Gives a lease up, if it is still this node's at that epoch."""
+
+    @abc.abstractmethod
+    async def leases(self, regions: Collection[str]) -> dict[str, Lease]:
+        """The current holders of these regions (regions nobody holds are left out)."""
+
+    # -- streams --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append(
+        self, node: str, entries: list[tuple[str, int, int, Mapping[bytes, bytes]]]
+    ) -> list[AppendStatus]:
+        """Appends (region, epoch, tick, fields) entries, each fenced by its region's lease."""
+
+    @abc.abstractmethod
+    async def read(self, cursors: Mapping[str, int], timeout_s: float) -> ReadResult:
+        """The entries after each region's cursor (the last tick read; -1: from the start).
+
+        Waits up to `timeout_s` for one to arrive when there is none yet.
+        """
+
+    # -- wanted keys ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def want(self, region: str, keys: Collection[str]) -> None:
+        """Asks the region's owner for the snapshots of these keys in its next entry."""
+
+    @abc.abstractmethod
+    async def take_wanted(self, regions: Collection[str]) -> dict[str, set[str]]:
+        """The keys asked for in these regions since the last call, and forgets them."""
+
+    # -- membership and messages --------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(self, node: str, info: bytes, ttl_ms: int) -> None:
+        """Says this node is alive (with what it says of itself) for `ttl_ms`."""
+
+    @abc.abstractmethod
+    async def members(self) -> dict[str, bytes]:
+        """The nodes alive now, and what each says of itself."""
+
+    @abc.abstractmethod
+    async def send(self, node: str, message: bytes) -> None:
+        """Sends a message to a node (at most once: a node that is gone never gets it)."""
+
+    @abc.abstractmethod
+    async def receive(self, node: str, timeout_s: float) -> list[bytes]:
+        """The messages sent to this node since the last call; waits up to `timeout_s`."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Releases the connection."""

@@ -1,0 +1,306 @@
+"""The bus over Redis: streams, leases and sets through redis.asyncio (the `redis` extra).
+
+Keys, all under ``sw:<world>:``:
+
+- ``clock``: the world's tick 0 in Unix ms (``SET NX``);
+- ``epoch``: the fencing epochs' counter; ``lease:<region>``: ``<node>|<epoch>``
+  with a TTL (``SET NX PX``, renewed by its holder);
+- ``s:<region>``: the region's stream, one entry per tick with the tick as its
+  id (``<tick>-0``), trimmed to about `maxlen` entries;
+- ``w:<region>``: the keys whose snapshots readers want (a set);
+- ``m:<node>``: a member's heartbeat (with a TTL); ``q:<node>``: its inbox (a list);
+- ``gen``: a marker set at start; a reader that finds it gone or changed knows
+  that Redis lost its data (a restart), and treats every region as skipped.
+
+Appends and lease changes are Lua functions loaded at start, so that the check
+of the lease and the write are one step at the resource ("fencing").
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from synkworld._bus_backend import AppendStatus, BusBackend, Lease, ReadResult, Record
+from synkworld._errors import BusUnavailableError
+
+__all__ = ["RedisBackend"]
+
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local node, epoch = string.match(cur, '^(.*)|(%d+)$')
+  if node == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(epoch)
+  end
+  return false
+end
+local e = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e, 'PX', ARGV[2])
+return e
+"""
+
+_RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    table.insert(lost, i)
+  end
+end
+return lost
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+_APPEND = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'FENCED' end
+local ok = pcall(redis.call, 'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 4))
+if not ok then return 'DUPLICATE' end
+return 'OK'
+"""
+
+_TAKE = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local members = redis.call('SMEMBERS', key)
+  if #members > 0 then
+    redis.call('DEL', key)
+    table.insert(out, i)
+    table.insert(out, members)
+  end
+end
+return out
+"""
+
+
+class RedisBackend(BusBackend):
+    """One process's connection to a world's keys in Redis."""
+
+    def __init__(self, url: str, world: str, *, maxlen: int = 200, **client_options: Any) -> None:
+        self.url = url
+        self.world = world
+        self.maxlen = maxlen
+        self.prefix = f"sw:{world}:"
+        client_options.setdefault("socket_timeout", 5.0)
+        client_options.setdefault("socket_connect_timeout", 2.0)
+        self._redis: aioredis.Redis = aioredis.from_url(url, **client_options)
+        self._scripts: dict[str, Any] = {}
+        self._generation: bytes | None = None
+
+    def _k(self, name: str) -> str:
+        return self.prefix + name
+
+    def _script(self, name: str, source: str) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self._redis.register_script(source)
+        return script
+
+    async def clock_epoch(self, proposed_ms: int) -> int:
+        async with _errors():
+            key = self._k("clock")
+            await self._redis.set(key, proposed_ms, nx=True)
+            value = await self._redis.get(key)
+            return int(value) if value is not None else proposed_ms
+
+    async def acquire(self, region: str, node: str, ttl_ms: int) -> int | None:
+        async with _errors():
+            keys = [self._k(f"lease:{region}"), self._k("epoch")]
+            epoch = await self._script("acquire", _ACQUIRE)(keys=keys, args=[node, ttl_ms])
+            return int(epoch) if epoch is not None else None
+
+    async def renew(self, leases: Mapping[str, int], node: str, ttl_ms: int) -> set[str]:
+        if not leases:
+            return set()
+        regions = list(leases)
+        async with _errors():
+            lost = await self._script("renew", _RENEW)(
+                keys=[self._k(f"lease:{r}") for r in regions],
+                args=[ttl_ms, *(f"{node}|{leases[r]}" for r in regions)],
+            )
+        return {regions[int(i) - 1] for i in lost}
+
+    async def release(self, region: str, node: str, epoch: int) -> None:
+        async with _errors():
+            await self._script("release", _RELEASE)(
+                keys=[self._k(f"lease:{region}")], args=[f"{node}|{epoch}"]
+            )
+
+    async def leases(self, regions: Collection[str]) -> dict[str, Lease]:
+        regions = list(regions)
+        if not regions:
+            return {}
+        async with _errors():
+            values = await self._redis.mget([self._k(f"lease:{r}") for r in regions])
+        out = {}
+        for region, value in zip(regions, values, strict=True):
+            if value is not None:
+                node, _, epoch = _text(value).rpartition("|")
+                out[region] = Lease(node, int(epoch))
+        return out
+
+    async def append(
+        self, node: str, entries: list[tuple[str, int, int, Mapping[bytes, bytes]]]
+    ) -> list[AppendStatus]:
+        if not entries:
+            return []
+        script = self._script("append", _APPEND)
+        async with _errors():
+            await self._ensure_generation()
+            pipe = self._redis.pipeline(transaction=False)
+            for region, epoch, tick, fields in entries:
+                flat: list[Any] = [f"{node}|{epoch}", f"{tick}-0", self.maxlen]
+                if fields:
+                    for k, v in fields.items():
+                        flat += [k, v]
+                else:
+                    flat += [b"h", b"{}"]  # a stream entry has at least one field
+                await script(
+                    keys=[self._k(f"lease:{region}"), self._k(f"s:{region}")],
+                    args=flat,
+                    client=pipe,
+                )
+            results = await pipe.execute()
+        return [
+            AppendStatus(r.decode().lower() if isinstance(r, bytes) else str(r).lower())
+            for r in results
+        ]
+
+    async def read(self, cursors: Mapping[str, int], timeout_s: float) -> ReadResult:
+        if not cursors:
+            return ReadResult()
+        regions = list(cursors)
+        streams: dict[Any, Any] = {
+            self._k(f"s:{r}"): (f"{cursors[r]}-0" if cursors[r] >= 0 else "0-0") for r in regions
+        }
+        async with _errors():
+            wiped = await self._wiped()
+            reply: Any = await self._redis.xread(
+                streams, count=256, block=max(1, int(timeout_s * 1000))
+            )
+        by_key = {self._k(f"s:{r}"): r for r in regions}
+        records: list[Record] = []
+        gaps: set[str] = set()
+        if wiped:
+            gaps.update(r for r in regions if cursors[r] >= 0)
+        for stream_key, entries in reply or []:
+            region = by_key[_text(stream_key)]
+            cursor = cursors[region]
+            for n, (entry_id, fields) in enumerate(entries):
+                tick = int(_text(entry_id).split("-")[0])
+                if n == 0 and cursor >= 0 and tick != cursor + 1:
+                    gaps.add(region)
+                records.append(Record(region, tick, dict(fields)))
+        return ReadResult(records, frozenset(gaps))
+
+    async def want(self, region: str, keys: Collection[str]) -> None:
+        if keys:
+            async with _errors():
+                await self._redis.sadd(self._k(f"w:{region}"), *keys)
+
+    async def take_wanted(self, regions: Collection[str]) -> dict[str, set[str]]:
+        regions = list(regions)
+        if not regions:
+            return {}
+        async with _errors():
+            flat = await self._script("take", _TAKE)(keys=[self._k(f"w:{r}") for r in regions])
+        out: dict[str, set[str]] = {}
+        for i in range(0, len(flat), 2):
+            out[regions[int(flat[i]) - 1]] = {k.decode() for k in flat[i + 1]}
+        return out
+
+    async def heartbeat(self, node: str, info: bytes, ttl_ms: int) -> None:
+        async with _errors():
+            await self._redis.set(self._k(f"m:{node}"), info, px=ttl_ms)
+
+    async def members(self) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        async with _errors():
+            keys = [k async for k in self._redis.scan_iter(match=self._k("m:*"), count=100)]
+            if keys:
+                values = await self._redis.mget(keys)
+                for key, value in zip(keys, values, strict=True):
+                    if value is not None:
+                        name = key.decode() if isinstance(key, bytes) else key
+                        out[name[len(self._k("m:")) :]] = _raw(value)
+        return out
+
+    async def send(self, node: str, message: bytes) -> None:
+        async with _errors():
+            key = self._k(f"q:{node}")
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.rpush(key, message)
+            pipe.pexpire(key, 30_000)
+            await pipe.execute()
+
+    async def receive(self, node: str, timeout_s: float) -> list[bytes]:
+        key = self._k(f"q:{node}")
+        async with _errors():
+            first: Any = await self._redis.blpop([key], timeout=max(timeout_s, 0.001))
+            if first is None:
+                return []
+            rest: Any = await self._redis.lpop(key, 1000) or []
+        return [_raw(first[1]), *(_raw(m) for m in rest)]
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- Redis losing its data -----------------------------------------------------------
+
+    async def _ensure_generation(self) -> None:
+        if self._generation is None:
+            key = self._k("gen")
+            await self._redis.set(key, secrets.token_hex(8), nx=True)
+            self._generation = _raw_or_none(await self._redis.get(key))
+
+    async def _wiped(self) -> bool:
+        """Tells whether Redis lost the world's data since the last look (a restart)."""
+        key = self._k("gen")
+        value = _raw_or_none(await self._redis.get(key))
+        if self._generation is None:
+            self._generation = value
+            if value is None:
+                await self._ensure_generation()
+            return False
+        if value == self._generation:
+            return False
+        await self._redis.set(key, secrets.token_hex(8), nx=True)
+        self._generation = _raw_or_none(await self._redis.get(key))
+        return True
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _raw_or_none(value: bytes | str | None) -> bytes | None:
+    return None if value is None else _raw(value)
+
+
+class _errors:
+    """Turns Redis being away into `BusUnavailableError`."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, RedisConnectionError | RedisTimeoutError | ConnectionError | OSError):
+            raise BusUnavailableError(f"Redis unavailable: {exc}") from exc
+        if isinstance(exc, RedisError):
+            raise BusUnavailableError(f"Redis: {exc}") from exc
