@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from synkworld._metrics import families
 from synkworld._world import TickChanges, World
 from synkworld.store import Store, WriteBatch, WriteBehind, WriteBehindStatistics
 from synkworld.store._spill import SpillJournal
-from synkworld.store._write_behind import DELETE, INSERT
+from synkworld.store._write_behind import DELETE, INSERT, DocumentSource
 
 __all__ = ["LoadReport", "Persistence", "load_documents"]
 
@@ -82,6 +82,8 @@ class Persistence:
         write_interval_s: float = 0.0,
         shutdown_flush_timeout_s: float = 20.0,
         shutdown_log_interval_s: float = 5.0,
+        source: DocumentSource | None = None,
+        write_gate: Callable[[], str | None] | None = None,
     ) -> None:
         if shutdown_flush_timeout_s < 0 or shutdown_log_interval_s <= 0:
             raise ConfigError(
@@ -94,16 +96,19 @@ class Persistence:
         self._skip_wait = asyncio.Event()
         self.writer = WriteBehind(
             store,
-            world,
+            world if source is None else source,
             max_pending_objects=max_pending_objects,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
             write_interval_s=write_interval_s,
+            gate=write_gate,
         )
         world.add_flusher(self)
 
     def on_changes(self, changes: TickChanges) -> None:
         """Marks a tick's changed and deleted ids for writing (cheap; no I/O)."""
+        if changes.released_ids:
+            self.writer.forget(changes.released_ids)
         self.writer.mark(
             changes.tick, changes.changed_ids, changes.deleted_ids, changes.created_ids
         )

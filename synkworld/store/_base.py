@@ -96,6 +96,12 @@ class WriteBatch:
     `WriteResult.existing` (a new object must never overwrite a stored one).
     Deleting a missing id is not an error. An id appears at most once in a
     batch; the outcome of naming it twice is not specified.
+
+    An upsert whose document carries an int `ep` (the writer's fencing epoch,
+    when several processes share one map) is conditional: it is written only
+    if the stored document has no `ep` or one no greater; otherwise it is left
+    out and its id reported in `WriteResult.fenced` (the object belongs to a
+    process with a newer lease, whose writes must not be overwritten).
     """
 
     upserts: list[Document] = field(default_factory=list)
@@ -113,12 +119,14 @@ class WriteResult:
     `rejected` maps the id of each document refused for good (too large, a field
     name the store cannot hold, a value it cannot encode) to the reason. Those are
     not written; every other operation of the batch is. `existing` holds the
-    ids of inserts that found a stored document, which was left unchanged.
+    ids of inserts that found a stored document, which was left unchanged;
+    `fenced` those of conditional upserts that found a newer epoch stored.
     """
 
     written: int = 0
     rejected: Mapping[str, str] = field(default_factory=dict)
     existing: frozenset[str] = frozenset()
+    fenced: frozenset[str] = frozenset()
 
     def raise_for_rejected(self) -> None:
         """Raises `DocumentRejectedError` for the first refused document, if any."""
@@ -215,6 +223,15 @@ class Store(abc.ABC):
 def is_number(value: object) -> TypeGuard[int | float]:
     """Tells whether a value is an int or a float (a bool is not a number here)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def is_fenced(upsert: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bool:
+    """Tells whether a stored document's epoch is newer than a conditional upsert's."""
+    ep = upsert.get("ep")
+    if stored is None or not isinstance(ep, int) or isinstance(ep, bool):
+        return False
+    stored_ep = stored.get("ep")
+    return isinstance(stored_ep, int) and not isinstance(stored_ep, bool) and stored_ep > ep
 
 
 def upsert_id(doc: Mapping[str, Any]) -> str:

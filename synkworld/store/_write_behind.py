@@ -88,6 +88,9 @@ class WriteBehindStatistics:
     over_limit: bool
     """More than `max_pending_objects` objects are pending."""
     max_pending_objects: int
+    fenced: int = 0
+    """Conditional writes the store refused because a newer owner wrote the object
+    (several processes on one map): dropped, as they must be."""
 
     @property
     def write_lag_ticks(self) -> int:
@@ -137,6 +140,7 @@ class WriteBehind:
         retry_max_s: float = 5.0,
         write_interval_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        gate: Callable[[], str | None] | None = None,
     ) -> None:
         if max_pending_objects <= 0:
             raise ConfigError(f"max_pending_objects is positive, not {max_pending_objects!r}")
@@ -157,6 +161,10 @@ class WriteBehind:
         # short; flush_ids() writes its ids in a batch of their own.
         self._write_interval_s = write_interval_s
         self._urgent: set[str] = set()
+        # Says why writes must wait now (None: they may go): a process whose
+        # lease on part of a shared map may have expired holds its writes
+        # until it knows, so that it never overwrites its successor's.
+        self._gate = gate
         self._id_waiters: list[tuple[set[str], asyncio.Future[None]]] = []
         self._clock = clock
 
@@ -189,6 +197,7 @@ class WriteBehind:
         self._failure_streak = 0
         self._rejected = 0
         self._collisions = 0
+        self._fenced = 0
         # Ids of new objects that collided with a stored document: nothing of
         # theirs is ever written (a later change or delete would hit the stored one).
         self._refused_ids: set[str] = set()
@@ -236,6 +245,30 @@ class WriteBehind:
             self._pending_since = self._clock()
         self._marked_seq += 1
         self._wake.set()
+
+    def guard(
+        self, source: DocumentSource | None = None, gate: Callable[[], str | None] | None = None
+    ) -> None:
+        """Replaces the document source, and the gate that may hold writes back."""
+        if source is not None:
+            self._source = source
+        self._gate = gate
+
+    def forget(self, ids: Iterable[str]) -> None:
+        """Drops what is owed for these ids: their objects left for another process's world.
+
+        That process writes them from now on; a write of theirs from here
+        (an update, or worse the delete their absence would look like) must not
+        follow. A write already under way is not recalled: it carries the state
+        they left with.
+        """
+        pending, urgent = self._pending, self._urgent
+        for doc_id in ids:
+            pending.pop(doc_id, None)
+            urgent.discard(doc_id)
+        if not pending and not self._inflight:
+            self._pending_tick = self._pending_since = None
+        self._wake_id_waiters()
 
     async def flush(self) -> None:
         """Returns when everything marked before the call is written or refused for good.
@@ -412,6 +445,7 @@ class WriteBehind:
             last_error=self._last_error,
             over_limit=pending > self._max_pending,
             max_pending_objects=self._max_pending,
+            fenced=self._fenced,
         )
 
     async def __aenter__(self) -> Self:
@@ -443,6 +477,9 @@ class WriteBehind:
         self._inflight, self._inflight_tick, self._inflight_since = batch, tick, since
         self._check_limit(len(batch))
         try:
+            held = self._gate() if self._gate is not None else None
+            if held is not None:
+                raise StoreUnavailableError(f"writes held: {held}")
             write_batch, refused = self._build(batch)
             result = await self._store.apply(write_batch)
         except Exception as exc:
@@ -556,6 +593,12 @@ class WriteBehind:
             self._failure_streak = 0
         self._writes_done += 1
         self._objects_written += result.written
+        if result.fenced:
+            self._fenced += len(result.fenced)
+            logger.info(
+                "%d writes fenced: a process with a newer lease owns those objects now",
+                len(result.fenced),
+            )
         rejected = {**refused, **result.rejected}
         if rejected:
             self._rejected += len(rejected)

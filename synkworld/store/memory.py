@@ -19,6 +19,7 @@ from synkworld.store._base import (
     WriteBatch,
     WriteResult,
     field_name_problem,
+    is_fenced,
     upsert_id,
 )
 from synkworld.store._errors import StoreError, StoreUnavailableError
@@ -93,8 +94,13 @@ class MemoryStore(Store):
                 continue
             self._docs[doc_id] = raw
             written += 1
+        fenced: set[str] = set()
         for upsert in batch.upserts:
             doc_id = upsert_id(upsert)
+            old = self._docs.get(doc_id)
+            if "ep" in upsert and old is not None and is_fenced(upsert, orjson.loads(old)):
+                fenced.add(doc_id)
+                continue
             problem = field_name_problem(upsert)
             if problem is None:
                 problem, raw = self._merge(doc_id, upsert)
@@ -106,7 +112,12 @@ class MemoryStore(Store):
         for doc_id in batch.deletes:
             self._docs.pop(doc_id, None)
             written += 1
-        return WriteResult(written=written, rejected=rejected, existing=frozenset(existing))
+        return WriteResult(
+            written=written,
+            rejected=rejected,
+            existing=frozenset(existing),
+            fenced=frozenset(fenced),
+        )
 
     async def close(self) -> None:
         self._closed = True

@@ -224,21 +224,33 @@ class MongoStore(Store):
             if update is None:
                 rejected[doc_id] = problem or "refused"
             else:
-                sent.append((doc_id, "update", update))
+                ep = upsert.get("ep")
+                if isinstance(ep, int) and not isinstance(ep, bool):
+                    sent.append((doc_id, f"update@{ep}", update))
+                else:
+                    sent.append((doc_id, "update", update))
         sent.extend((doc_id, "delete", None) for doc_id in batch.deletes)
         if not sent:
             return WriteResult(written=0, rejected=rejected)
+        fenced: set[str] = set()
         ops = [_operation(doc_id, kind, body) for doc_id, kind, body in sent]
         await self.ensure_indexes()
         step = self.max_ops_per_command or len(ops)
         for start in range(0, len(ops), step):
             await self._bulk_write(
-                ops[start : start + step], sent[start : start + step], rejected, existing
+                ops[start : start + step], sent[start : start + step], rejected, existing, fenced
             )
         written = sum(
-            1 for doc_id, _, _ in sent if doc_id not in rejected and doc_id not in existing
+            1
+            for doc_id, _, _ in sent
+            if doc_id not in rejected and doc_id not in existing and doc_id not in fenced
         )
-        return WriteResult(written=written, rejected=rejected, existing=frozenset(existing))
+        return WriteResult(
+            written=written,
+            rejected=rejected,
+            existing=frozenset(existing),
+            fenced=frozenset(fenced),
+        )
 
     async def _bulk_write(
         self,
@@ -246,11 +258,14 @@ class MongoStore(Store):
         sent: list[_Sent],
         rejected: dict[str, str],
         existing: set[str],
+        fenced: set[str],
     ) -> None:
         """Sends one unordered bulk write; adds the operations refused to `rejected`.
 
         An insert refused for a duplicate `_id` found a stored document: it goes
-        to `existing`, not `rejected`.
+        to `existing`, not `rejected`. A conditional upsert refused so found a
+        newer epoch stored (its filter missed, and the insert it fell back to
+        met the stored `_id`): it goes to `fenced`.
         """
         try:
             with _driver_errors():
@@ -260,6 +275,8 @@ class MongoStore(Store):
                 doc_id, kind, _ = sent[index]
                 if kind == "insert" and code == _DUPLICATE_KEY:
                     existing.add(doc_id)
+                elif kind.startswith("update@") and code == _DUPLICATE_KEY:
+                    fenced.add(doc_id)
                 else:
                     rejected[doc_id] = reason
         except _BadReply:
@@ -280,6 +297,8 @@ class MongoStore(Store):
                     continue
                 if kind == "insert" and code == _DUPLICATE_KEY:
                     existing.add(doc_id)
+                elif kind.startswith("update@") and code == _DUPLICATE_KEY:
+                    fenced.add(doc_id)
                 else:
                     rejected[doc_id] = refusal
 
@@ -336,7 +355,7 @@ class MongoStore(Store):
         elif kind == "insert":
             command = {"insert": name, "documents": [body], "ordered": True}
         else:
-            updates = [{"q": {"_id": doc_id}, "u": body, "upsert": True}]
+            updates = [{"q": _update_filter(doc_id, kind), "u": body, "upsert": True}]
             command = {"update": name, "updates": updates, "ordered": True}
         try:
             with _driver_errors():
@@ -354,9 +373,17 @@ class MongoStore(Store):
 def _operation(doc_id: str, kind: str, body: Any) -> InsertOne[Any] | UpdateOne | DeleteOne:
     if kind == "insert":
         return InsertOne(body)
-    if kind == "update":
-        return UpdateOne({"_id": doc_id}, body, upsert=True)
+    if kind.startswith("update"):
+        return UpdateOne(_update_filter(doc_id, kind), body, upsert=True)
     return DeleteOne({"_id": doc_id})
+
+
+def _update_filter(doc_id: str, kind: str) -> dict[str, Any]:
+    """`{_id}`, or for a conditional upsert (``update@<ep>``) also "no newer epoch stored"."""
+    if not kind.startswith("update@"):
+        return {"_id": doc_id}
+    ep = int(kind.partition("@")[2])
+    return {"_id": doc_id, "$or": [{"ep": {"$exists": False}}, {"ep": {"$lte": ep}}]}
 
 
 class _ServerRefused(Exception):

@@ -22,6 +22,7 @@ from synkworld.store._base import (
     WriteBatch,
     WriteResult,
     field_name_problem,
+    is_fenced,
     is_number,
     upsert_id,
 )
@@ -229,11 +230,16 @@ class SQLiteStore(Store):
                     rejected[doc_id] = problem
                     continue
                 rows.append(row)
+            fenced: set[str] = set()
             for upsert in upserts:
                 doc_id = upsert["_id"]
+                old = stored.get(doc_id)
+                if "ep" in upsert and old is not None and is_fenced(upsert, orjson.loads(old)):
+                    fenced.add(doc_id)
+                    continue
                 problem = field_name_problem(upsert)
                 if problem is None:
-                    problem, row = self._row(doc_id, upsert, stored.get(doc_id))
+                    problem, row = self._row(doc_id, upsert, old)
                 if problem is not None:
                     rejected[doc_id] = problem
                     continue
@@ -255,7 +261,10 @@ class SQLiteStore(Store):
                 conn.execute("ROLLBACK")
             raise
         return WriteResult(
-            written=len(rows) + len(deletes), rejected=rejected, existing=frozenset(existing)
+            written=len(rows) + len(deletes),
+            rejected=rejected,
+            existing=frozenset(existing),
+            fenced=frozenset(fenced),
         )
 
     def _stored_docs(self, conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:

@@ -480,6 +480,33 @@ async def check_an_insert_writes_a_new_document_and_never_overwrites_a_stored_on
         assert set(docs) == {"old", "new", "other"}
 
 
+async def check_an_upsert_with_an_older_epoch_is_fenced(make_store: Callable[[], Store]) -> None:
+    """Several processes on one map: a fenced owner's write never overwrites its successor's."""
+    async with make_store() as store:
+        await store.apply(WriteBatch(upserts=[entity("a", "main:0:0", 1, 1, hp=1, ep=5)]))
+        await store.apply(WriteBatch(upserts=[entity("b", "main:0:0", 1, 1, hp=1)]))
+        result = await store.apply(
+            WriteBatch(
+                upserts=[
+                    entity("a", "main:0:0", 2, 2, hp=2, ep=4),  # older: refused
+                    entity("b", "main:0:0", 2, 2, hp=2, ep=1),  # none stored: written
+                    entity("c", "main:0:0", 2, 2, hp=2, ep=1),  # new: written
+                ]
+            )
+        )
+        assert result.fenced == {"a"}
+        assert result.written == 2
+        docs = by_id(await store.load())
+        assert docs["a"]["hp"] == 1 and docs["b"]["hp"] == 2 and docs["c"]["ep"] == 1
+        # The same epoch, or a newer one, is written.
+        result = await store.apply(
+            WriteBatch(upserts=[entity("a", "main:0:0", 3, 3, hp=3, ep=5), entity("b", "k", ep=9)])
+        )
+        assert not result.fenced
+        docs = by_id(await store.load())
+        assert docs["a"]["hp"] == 3 and docs["b"]["ep"] == 9
+
+
 async def check_load_replays_a_spill_journal_first(make_store: Callable[[], Store]) -> None:
     async with make_store() as store:
         path = store.spill_path
@@ -522,6 +549,7 @@ STORE_CHECKS: tuple[Callable[[Callable[[], Store]], Awaitable[None]], ...] = (
     check_documents_survive_closing_and_reopening_the_store,
     check_a_closed_store_refuses_calls,
     check_an_insert_writes_a_new_document_and_never_overwrites_a_stored_one,
+    check_an_upsert_with_an_older_epoch_is_fenced,
     check_load_replays_a_spill_journal_first,
 )
 """Every check, in order: run each with a `make_store` of its own (see the module's docstring)."""

@@ -639,3 +639,45 @@ async def test_abandon_returns_what_was_owed_and_stops_at_once(
     assert owed == {"a": INSERT_UNSURE, "b": UPSERT, "c": DELETE, "d": INSERT}
     with pytest.raises(RuntimeError, match="closed"):
         wb.mark(3, ["a"], [])
+
+
+async def test_a_forgotten_id_is_neither_written_nor_deleted(
+    source: DictSource, store: RecordingStore
+) -> None:
+    """An object that left for another process's world: that process writes it now."""
+    await store.apply(WriteBatch(upserts=[{"_id": "left", "v": 3}]))
+    wb = WriteBehind(store, source)
+    wb.mark(1, ["left", source.put("stays")], [])
+    wb.forget(["left"])  # gone from the source too: a write would be a delete
+    async with wb:
+        await wb.flush()
+    assert store.batches[1:] == [WriteBatch(upserts=[source.docs["stays"]])]
+    assert (await stored(store))["left"] == {"_id": "left", "v": 3}
+
+
+async def test_a_gate_holds_writes_back_and_loses_none(
+    source: DictSource, store: RecordingStore
+) -> None:
+    held: list[str | None] = ["the lease may have expired"]
+    wb = WriteBehind(store, source, gate=lambda: held[0], **FAST)
+    async with wb:
+        wb.mark(1, [source.put("a", hp=1)], [])
+        await asyncio.sleep(0.1)
+        assert store.batches == []
+        assert "writes held: the lease may have expired" in (wb.statistics().last_error or "")
+        held[0] = None
+        await asyncio.wait_for(wb.flush(), 5)
+    assert await stored(store) == source.docs
+
+
+async def test_fenced_writes_are_dropped_and_counted(
+    source: DictSource, store: RecordingStore
+) -> None:
+    await store.apply(WriteBatch(upserts=[{"_id": "a", "v": 9, "ep": 7}]))
+    async with WriteBehind(store, source) as wb:
+        wb.mark(1, [source.put("a", ep=3), source.put("b", ep=3)], [])
+        await wb.flush()
+        assert wb.statistics().fenced == 1
+        assert wb.statistics().pending_objects == 0
+    docs = await stored(store)
+    assert docs["a"] == {"_id": "a", "v": 9, "ep": 7} and docs["b"]["ep"] == 3
