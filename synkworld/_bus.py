@@ -20,7 +20,7 @@ import abc
 import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from synkworld._errors import ConfigError, SynkError
 from synkworld._world import TickChanges, World
@@ -52,6 +52,9 @@ class TickDelivery:
     batches: Mapping[str, bytes]
     """Every key's batch bytes of this tick, this process's and the others'."""
     snapshots: SnapshotSource
+    encoder: Any = None
+    """What builds the frames (a `FrameEncoder`), for a bus with rules of its own about
+    when a wanted key's snapshot may join; None: the tick loop's default."""
 
 
 class WouldBlockError(SynkError):
@@ -68,6 +71,19 @@ class BusPort(abc.ABC):
     @abc.abstractmethod
     async def delivery(self, tick: int) -> TickDelivery:
         """Waits for tick `tick`'s batches of every owner; returns what frames are built from."""
+
+    async def begin_tick(self, tick: int) -> None:
+        """Called before tick `tick` simulates: a bus changes what the world owns here."""
+        return None
+
+    async def after_frames(self, tick: int) -> None:
+        """Called once tick `tick`'s frames are built: a bus takes in objects handed over."""
+        return None
+
+    def next_tick(self, now: float) -> tuple[int, float] | None:
+        """The next tick to run and when it starts, on a clock that several processes
+        share; None: the tick loop keeps its own schedule (ticks 1, 2, ...)."""
+        return None
 
     def publish_nowait(self, changes: TickChanges) -> None:
         """`publish`, for a bus that never waits; raises `WouldBlockError` otherwise."""

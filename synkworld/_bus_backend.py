@@ -7,10 +7,14 @@ faults to inject), `synkworld.bus.RedisBackend` over Redis; one contract test
 suite runs over both (tests/bus/). The cluster's logic (`synkworld._cluster`)
 is written against this interface only, so the core never imports redis.
 
-Every entry of a region's stream is one tick: its id is the tick number. An
+Every entry of a region's stream is one tick: its id is the tick number, and
+it names the tick of the entry before it in the stream (`Record.prev`), so
+that a reader tells entries it missed (trimmed, or lost with Redis) from ticks
+that never had one (an owner that skipped a tick, a region nobody held). An
 append is fenced at the resource: it succeeds only while the appender holds the
 region's lease at the epoch it names. Epochs come from one counter per world,
-so they only grow, across regions too.
+so they only grow, across regions too; an append may hand the lease over to
+another node at a new epoch, in the same step (a planned migration).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import enum
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["AppendStatus", "BusBackend", "Lease", "ReadResult", "Record"]
+__all__ = ["Append", "AppendResult", "AppendStatus", "BusBackend", "Lease", "ReadResult", "Record"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +44,42 @@ class AppendStatus(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Append:
+    """One entry to append to a region's stream, fenced by the appender's lease.
+
+    With `transfer_to`, the same step gives the lease to that node at a new
+    epoch (for `ttl_ms`), and the entry carries the new epoch (`Record.epoch`).
+    """
+
+    region: str
+    epoch: int
+    tick: int
+    fields: Mapping[bytes, bytes]
+    transfer_to: str | None = None
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What became of one append; `epoch` is the new one when the lease was handed over."""
+
+    status: AppendStatus
+    epoch: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One entry of a region's stream: the tick it is, and its fields."""
+    """One entry of a region's stream: the tick it is, and its fields.
+
+    `prev` is the tick of the entry before it in the stream (-1: none);
+    `epoch` is the lease's new epoch if this entry handed it over.
+    """
 
     region: str
     tick: int
     fields: Mapping[bytes, bytes]
+    prev: int = -1
+    epoch: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +88,9 @@ class ReadResult:
 
     records: list[Record] = field(default_factory=list)
     gaps: frozenset[str] = frozenset()
-    """Regions whose next entry was trimmed away (or the stream was lost): the reader
-    skipped ticks it will never see."""
+    """Regions whose entries after the cursor were trimmed away (or the stream was
+    lost): the reader missed entries it will never see. A stream's first entry
+    after the cursor is no gap (a region nobody held before)."""
 
 
 class BusBackend(abc.ABC):
@@ -70,10 +105,12 @@ class BusBackend(abc.ABC):
     # -- leases -------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def acquire(self, region: str, node: str, ttl_ms: int) -> int | None:
+    async def acquire(self, region: str, node: str, ttl_ms: int, min_epoch: int = 0) -> int | None:
         """Takes a free region's lease for `ttl_ms`, with a new epoch; None if someone holds it.
 
-        A region this node holds already is renewed, and its epoch returned.
+        The new epoch is above `min_epoch` (the highest the node has seen: after
+        the medium lost its counter, epochs must still grow). A region this
+        node holds already is renewed, and its epoch returned.
         """
 
     @abc.abstractmethod
@@ -91,10 +128,16 @@ class BusBackend(abc.ABC):
     # -- streams --------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def append(
-        self, node: str, entries: list[tuple[str, int, int, Mapping[bytes, bytes]]]
-    ) -> list[AppendStatus]:
-        """Appends (region, epoch, tick, fields) entries, each fenced by its region's lease."""
+    async def append(self, node: str, entries: list[Append]) -> list[AppendResult]:
+        """Appends entries, each fenced by its region's lease, in one round trip."""
+
+    @abc.abstractmethod
+    async def has_entry(self, region: str, tick: int) -> bool:
+        """Tells whether a region's stream holds an entry of this tick.
+
+        For an append whose outcome is unknown (the connection broke after
+        sending it): whether it went through decides what became of it.
+        """
 
     @abc.abstractmethod
     async def read(self, cursors: Mapping[str, int], timeout_s: float) -> ReadResult:

@@ -189,3 +189,11 @@ class HandlerFailedError(ProtocolError):
     """A call handler raised an exception."""
 
     code = "handler_failed"
+
+
+def error_for_code(code: str, message: str) -> ProtocolError:
+    """The `ProtocolError` of a wire code (one forwarded from another process)."""
+    for cls in ProtocolError.__subclasses__():
+        if cls.code == code:
+            return cls(message)
+    return HandlerFailedError(message)

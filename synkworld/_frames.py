@@ -113,7 +113,9 @@ def deliver_frames(
 
     A lagging session gets nothing until its queue has drained, then one
     ``resync``; one lagging for longer than `lag_timeout_s` is reported as
-    expired for the transport to close.
+    expired for the transport to close. A session owed a resync
+    (`Session.resync_owed`) gets it as soon as its snapshots are here, and
+    nothing before.
     """
     if encoder is None:
         data = batches.data if isinstance(batches, TickBatches) else batches
@@ -123,7 +125,7 @@ def deliver_frames(
     for s in sessions:
         if s.closed:
             continue
-        if s.lagging_since is not None:
+        if s.lagging_since is not None or s.resync_owed:
             if s.queued_frames == 0:
                 frame = encoder.resync_frame(tick, s)
                 if frame is not None:
@@ -132,10 +134,13 @@ def deliver_frames(
                     frames += 1
                     nbytes += len(frame)
                     continue
+            lagging_since = s.lagging_since
+            if lagging_since is None:
+                continue  # owed a resync, not lagging: the wait is not the client's doing
             # Skipped ticks count as dropped frames: the client misses them all.
             s.frames_dropped += 1
             dropped += 1
-            if now - s.lagging_since > lag_timeout_s:
+            if now - lagging_since > lag_timeout_s:
                 expired.append(s)
             continue
         frame_or_none = encoder.tick_frame(tick, s)

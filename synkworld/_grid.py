@@ -170,6 +170,10 @@ class GridMap:
         """Tells whether cell (cx, cy) exists."""
         return (cx, cy) in self._cells
 
+    def cells(self) -> list[tuple[int, int]]:
+        """The (cx, cy) of every cell, in the order they were made."""
+        return list(self._cells)
+
     @property
     def cell_count(self) -> int:
         """How many cells exist."""

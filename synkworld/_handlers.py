@@ -9,8 +9,8 @@ import time
 import types
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from synkworld._errors import (
     BadArgsError,
@@ -29,12 +29,24 @@ if TYPE_CHECKING:
     from synkworld._sessions import Session
     from synkworld._world import World
 
-__all__ = ["Call", "HandlerRegistry"]
+__all__ = ["Call", "Forwarder", "HandlerRegistry"]
 
 log = logging.getLogger("synkworld.handlers")
 
 _FAILURE_LOG_INTERVAL_S = 10.0
 _KINDS = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict"}
+
+
+class Forwarder(Protocol):
+    """Runs a call on the process that owns a key (several processes on one map)."""
+
+    def owns(self, key: str) -> bool:
+        """Tells whether this process owns the key."""
+        ...
+
+    async def forward(self, key: str, name: str, args: Mapping[str, Any], session: Session) -> Any:
+        """Runs the call there; returns its result or raises its error."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,30 @@ class Call:
     identity: Any
     session: Session
     world: World
+    args: Mapping[str, Any] = field(default_factory=dict)
+    forwarder: Forwarder | None = None
+    forwarded: bool = False
+    """True on the process a call was forwarded to (it cannot be forwarded again)."""
+
+    def owned_here(self, key: str) -> bool:
+        """Tells whether this process owns `key` (always, unless several share the map)."""
+        return self.forwarder is None or self.forwarder.owns(key)
+
+    async def forward(self, key: str) -> Any:
+        """Runs this call on the process that owns `key`, whose tick carries its effect.
+
+        For a handler that changes an object this process does not own (several
+        processes on one map): the owner runs the same handler with the same
+        arguments, and its result (or error) is this call's. Raises
+        `HandlerFailedError` when there is no one to forward to.
+        """
+        if self.forwarder is None:
+            raise HandlerFailedError(f"{self.name}: one process owns the whole map here")
+        if self.forwarded:
+            raise HandlerFailedError(
+                f"{self.name}: {key!r} is not owned by the process this call was forwarded to"
+            )
+        return await self.forwarder.forward(key, self.name, self.args, self.session)
 
 
 Handler = Callable[..., Any]

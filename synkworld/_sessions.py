@@ -71,6 +71,10 @@ class Session:
         # True when `wanted` may differ from `held`: a subscription change to take.
         self.wanted_changed = False
         self.lagging_since: float | None = None
+        # Set when what the client holds may be out of date through no fault of
+        # its own (a cell owned by a process that fell behind): one resync,
+        # as soon as every held key's snapshot is here; no tick frames before.
+        self.resync_owed = False
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
         self.frames_sent = 0
@@ -211,8 +215,9 @@ class Session:
             self._push(frame)
 
     def push_resync(self, frame: bytes) -> None:
-        """Queues the resync frame that ends a lagging period."""
+        """Queues the resync frame that ends a lagging period (or an owed resync)."""
         self.lagging_since = None
+        self.resync_owed = False
         self.resyncs += 1
         self._push(frame)
 

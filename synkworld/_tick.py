@@ -24,7 +24,7 @@ from synkworld._limits import Limits
 from synkworld._sessions import Session
 from synkworld._world import TickChanges, World
 
-__all__ = ["TickLoop", "TickPhases", "TickStatistics"]
+__all__ = ["PublishedTick", "TickLoop", "TickPhases", "TickStatistics"]
 
 log = logging.getLogger("synkworld.tick")
 
@@ -59,6 +59,15 @@ class TickStatistics:
 
 
 Simulation = Callable[[float], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedTick:
+    """A tick between its publish and its frames (`TickLoop.publish_tick`)."""
+
+    started: float
+    marks: list[float]
+    changes: TickChanges
 
 
 class TickLoop:
@@ -98,6 +107,7 @@ class TickLoop:
         self._dropped = 0
         self._resyncs = 0
         self._sim_errors = 0
+        self._delivered_tick = 0
         self._phase_totals = [0.0, 0.0, 0.0, 0.0]
         self.last_phases = TickPhases()
 
@@ -159,24 +169,68 @@ class TickLoop:
             if gc_was_enabled:
                 gc.enable()
 
-    async def step_async(self) -> TickChanges:
-        """Runs one tick, waiting for the bus as long as it takes."""
+    async def step_async(self, tick: int | None = None) -> TickChanges:
+        """Runs one tick, waiting for the bus as long as it takes.
+
+        `tick` is the tick's number on a clock several processes share (default:
+        one more than the world's last). Ticks skipped since the last step (a
+        process that fell behind) get their frames too, from what the other
+        processes published for them, in order, before this tick's.
+        """
+        return await self.frames_tick(await self.publish_tick(tick))
+
+    async def publish_tick(self, tick: int | None = None) -> PublishedTick:
+        """The first half of `step_async`: simulations, commit and publish.
+
+        With `frames_tick`, the second half, a test runs several processes'
+        loops phase by phase: every one publishes tick n before any builds
+        its frames of tick n.
+        """
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            started, phases, changes = self._simulate_and_commit()
-            await self.port.publish(changes)
-            delivery = await self.port.delivery(changes.tick)
-            return self._deliver(started, phases, changes, delivery)
+            port = self.port
+            await port.begin_tick(self.world.tick + 1 if tick is None else tick)
+            started, marks, changes = self._simulate_and_commit(tick)
+            await port.publish(changes)
+            return PublishedTick(started, marks, changes)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    async def frames_tick(self, published: PublishedTick) -> TickChanges:
+        """The second half of `step_async`: the frames of the tick (and of skipped ones)."""
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            port = self.port
+            started, changes = published.started, published.changes
+            n = changes.tick
+            for skipped in range(self._delivered_tick + 1, n):
+                delivery = await port.delivery(skipped)
+                self._frames_only(started, delivery)
+                await port.after_frames(skipped)
+            delivery = await port.delivery(n)
+            done = self._deliver(started, published.marks, changes, delivery)
+            await port.after_frames(n)
+            return done
         finally:
             if gc_was_enabled:
                 gc.enable()
 
     def frame_encoder(self, delivery: TickDelivery) -> FrameEncoder:
-        """What builds the sessions' frames of a tick: `SharedFrames` (a subclass may differ)."""
+        """What builds the sessions' frames of a tick: `SharedFrames` (a subclass may differ).
+
+        A bus may bring its own (`TickDelivery.encoder`).
+        """
+        if delivery.encoder is not None:
+            encoder: FrameEncoder = delivery.encoder
+            return encoder
         return SharedFrames(delivery.batches, delivery.snapshots)
 
-    def _simulate_and_commit(self) -> tuple[float, list[float], TickChanges]:
+    def _simulate_and_commit(
+        self, tick: int | None = None
+    ) -> tuple[float, list[float], TickChanges]:
         """Returns when the tick started, the phases' times so far, and the changes."""
         started = self.clock()
         dt = self.period_s if self._last_step_at is None else started - self._last_step_at
@@ -189,14 +243,38 @@ class TickLoop:
                 self._sim_errors += 1
                 log.exception("simulation step %r failed", sim)
         simulated = self.clock()
-        changes = self.world.commit()
+        changes = self.world.commit(tick)
         committed = self.clock()
         return started, [simulated, committed], changes
+
+    def _frames_only(self, started: float, delivery: TickDelivery) -> None:
+        """The frames of a tick this process skipped: other processes' batches only."""
+        self._delivered_tick = delivery.tick
+        report = deliver_frames(
+            delivery.tick,
+            delivery.batches,
+            self._sessions.values(),
+            delivery.snapshots,
+            now=started,
+            lag_timeout_s=self.limits.lag_timeout_s,
+            encoder=self.frame_encoder(delivery),
+        )
+        self._count(report)
+
+    def _count(self, report: DeliveryReport) -> None:
+        self._frames += report.frames
+        self._bytes += report.bytes
+        self._dropped += report.dropped
+        self._resyncs += report.resyncs
+        for s in report.expired:
+            for on_expired in self._expired_listeners:
+                on_expired(s)
 
     def _deliver(
         self, started: float, marks: list[float], changes: TickChanges, delivery: TickDelivery
     ) -> TickChanges:
         delivered = self.clock()
+        self._delivered_tick = delivery.tick
         report: DeliveryReport = deliver_frames(
             delivery.tick,
             delivery.batches,
@@ -217,16 +295,10 @@ class TickLoop:
         totals = self._phase_totals
         for i, seconds in enumerate(phases):
             totals[i] += seconds
-        self._frames += report.frames
-        self._bytes += report.bytes
-        self._dropped += report.dropped
-        self._resyncs += report.resyncs
         # After the publish: a store write never runs ahead of the commit point.
         for listener in self._change_listeners:
             listener(changes)
-        for s in report.expired:
-            for on_expired in self._expired_listeners:
-                on_expired(s)
+        self._count(report)
         self._last_duration = self.clock() - started
         for tick_listener in self._tick_listeners:
             tick_listener(self._last_duration)
@@ -239,8 +311,14 @@ class TickLoop:
 
         The schedule is fixed: a tick that overruns is counted in
         `ticks_behind`, and the next one starts at once, without trying to
-        catch up the missed ticks (which would pile up work).
+        catch up the missed ticks (which would pile up work). On a bus whose
+        processes share one clock (`BusPort.next_tick`), tick n starts at the
+        same moment everywhere, and a process that fell behind skips to the
+        current tick.
         """
+        if self.port.next_tick(self.clock()) is not None:
+            await self._run_shared()
+            return
         period = self.period_s
         next_at = self.clock()
         self._stopping = False
@@ -253,6 +331,21 @@ class TickLoop:
                 self._behind += 1
                 next_at = now
             await self._sleep(max(0.0, next_at - now))
+
+    async def _run_shared(self) -> None:
+        self._stopping = False
+        while not self._stopping:
+            scheduled = self.port.next_tick(self.clock())
+            assert scheduled is not None
+            tick, start = scheduled
+            wait = start - self.clock()
+            if wait > 0:
+                await self._sleep(wait)
+                if self._stopping:
+                    break
+            elif tick > self.world.tick + 1 and self.world.tick:
+                self._behind += 1
+            await self.step_async(tick)
 
     def stop(self) -> None:
         """Asks `run` to return after the tick in progress."""

@@ -34,6 +34,9 @@ from synkworld._objects import Binding, SynkObject, object_type
 __all__ = ["Handover", "Ownership", "TickChanges", "World", "WorldStatistics"]
 
 _CHANNEL_KEY_MAX = 128
+# Document fields that are not the object's state: `ep` is the fencing epoch of
+# the process that wrote it, when several processes share one map.
+_RESERVED_FIELDS = frozenset(("_id", "t", "key", "v", "owner", "ep"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +146,8 @@ class World:
         self._pinned: set[SynkObject] = set()
         # Objects adopted since the last tick: the store writes them from here on.
         self._adopted: list[str] = []
+        # Objects handed over by the last commit, until `settle_handovers`: (object, key).
+        self._leaving: dict[str, tuple[SynkObject, str | None]] = {}
         self._snapshots: dict[str, bytes] = {}
         # Each key's `{"k":"<key>","mv":[[`, made once (BatchBuilder.mv_prefixes).
         self._mv_prefix: dict[str, bytes] = {}
@@ -323,6 +328,8 @@ class World:
         or wait at the border while they cannot (`Ownership.can_enter`).
         """
         tick = self.tick + 1 if tick is None else tick
+        if self._leaving:
+            self.settle_handovers()
         cols = self._cols
         grid = self.grid
         out = self._batch_builder(tick)
@@ -409,7 +416,7 @@ class World:
             changed_ids = [i for i in changed_ids if i not in gone]
             created_ids = [i for i in created_ids if i not in gone]
             for obj in released:
-                self._release(obj)
+                self._leave(obj)
         if self._transient:
             changed_ids, deleted_ids, created_ids = self._persisted(
                 changed_ids, deleted_ids, created_ids
@@ -453,6 +460,48 @@ class World:
         doc["key"] = key
         doc["v"] = version
         return Handover(obj.id, key, entry, doc)
+
+    def _leave(self, obj: SynkObject) -> None:
+        """Takes a handed-over object out of its key and lookups; its slot stays until settled."""
+        binding = obj._binding
+        assert binding is not None
+        key: str | None = None
+        if binding.channel is not None or self._cols.code[binding.slot] != UNPUBLISHED:
+            key = self._published_key(obj)
+            members = self._by_key.get(key)
+            if members is not None and members.get(obj.id) is obj:
+                members.pop(obj.id)
+                if not members:
+                    del self._by_key[key]
+        self._objects.pop(obj.id, None)
+        self._dirty.pop(obj, None)
+        self._leaving[obj.id] = (obj, key)
+
+    def settle_handovers(self, failed: Collection[str] = ()) -> list[SynkObject]:
+        """Ends the handovers of the last commit: gone for good, or back where they were.
+
+        The commit point of a handover is the bus carrying it. Those whose
+        entry could not be appended (ids in `failed`) come back: an object
+        that moved waits in its old key at the border (tried again every
+        tick); one created in a foreign key waits unpublished. Returns those
+        that came back. The next commit settles what is left as gone.
+        """
+        leaving, self._leaving = self._leaving, {}
+        restored: list[SynkObject] = []
+        for oid, (obj, key) in leaving.items():
+            if oid not in failed:
+                self._transient.discard(oid)
+                self._detach(obj)
+                continue
+            self._objects[oid] = obj
+            if key is None:
+                self._created[oid] = obj
+            else:
+                self._by_key.setdefault(key, {})[oid] = obj
+                self._snapshots.pop(key, None)
+                self._pinned.add(obj)
+            restored.append(obj)
+        return restored
 
     def _release(self, obj: SynkObject) -> None:
         """Takes an object out of this world without a `rem` (it lives on elsewhere)."""
@@ -711,7 +760,7 @@ class World:
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise DocumentError(f"document {oid!r}: v must be a positive int", doc_id=oid)
         key = doc.get("key")
-        state = {k: v for k, v in doc.items() if k not in ("_id", "t", "key", "v", "owner")}
+        state = {k: v for k, v in doc.items() if k not in _RESERVED_FIELDS}
         obj = cls.from_state(oid, state, version=version)
         map_name: str | None = None
         channel: str | None = None
@@ -732,10 +781,11 @@ class World:
 
     # -- several processes on one map ----------------------------------------------------------
 
-    def adopt(self, doc: Mapping[str, Any]) -> SynkObject | None:
+    def adopt(self, doc: Mapping[str, Any], *, announce: bool = False) -> SynkObject | None:
         """Takes in an object handed over by another process, published at once, unannounced.
 
-        Its `add` went to the clients already, in the other process's batches.
+        Its `add` went to the clients already, in the other process's batches
+        (with `announce`, it goes to them at the next tick, as a creation's).
         The store writes it from this world from the next tick on. Adopting an
         id this world holds already changes nothing (adoption is idempotent);
         returns the object, or None then.
@@ -743,7 +793,7 @@ class World:
         oid = doc.get("_id")
         if isinstance(oid, str) and oid in self._objects:
             return None
-        obj = self.load(doc)
+        obj = self.load(doc, announce=announce)
         self._adopted.append(obj.id)
         key = obj.key
         if key is not None:

@@ -115,3 +115,25 @@ def test_a_region_migrates_without_a_word_to_clients() -> None:
         b.adopt(doc)
     assert not b.commit().batches
     assert len(b) == 5
+
+
+def test_a_handover_the_bus_did_not_carry_comes_back_to_the_border() -> None:
+    a, b, _, _ = worlds()
+    boat = a.create(Boat(id="b1", x=45, y=5))
+    a.create(Boat(id="n1", x=90, y=90))  # created in a foreign cell
+    a.commit()  # n1 leaves at once
+    a.settle_handovers(failed=["n1"])
+    assert "n1" in a and a.get("n1") is not None
+    boat.x = 52
+    changes = a.commit()
+    assert {h.id for h in changes.outgoing} == {"b1", "n1"}
+    assert a.settle_handovers(failed=["b1", "n1"]) and "b1" in a
+    assert [o.id for o in a.objects_under("main:4:0")] == ["b1"]
+    assert orjson.loads(a.snapshot("main:4:0"))["objs"][0]["id"] == "b1"
+    changes = a.commit()  # tried again, without moving
+    assert {h.id for h in changes.outgoing} == {"b1", "n1"}
+    a.settle_handovers()
+    assert "b1" not in a and "n1" not in a and len(a) == 0
+    for h in changes.outgoing:
+        assert b.adopt(h.document) is not None
+    assert {o.id for o in b} == {"b1", "n1"}

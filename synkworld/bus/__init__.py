@@ -11,13 +11,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from synkworld._bus_backend import AppendStatus, BusBackend, Lease, ReadResult, Record
+from synkworld._bus_backend import (
+    Append,
+    AppendResult,
+    AppendStatus,
+    BusBackend,
+    Lease,
+    ReadResult,
+    Record,
+)
 from synkworld.bus.memory import MemoryBackend, MemoryHub
 
 if TYPE_CHECKING:
     from synkworld.bus.redis import RedisBackend
 
 __all__ = [
+    "Append",
+    "AppendResult",
     "AppendStatus",
     "BusBackend",
     "Lease",

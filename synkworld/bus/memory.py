@@ -21,7 +21,15 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
-from synkworld._bus_backend import AppendStatus, BusBackend, Lease, ReadResult, Record
+from synkworld._bus_backend import (
+    Append,
+    AppendResult,
+    AppendStatus,
+    BusBackend,
+    Lease,
+    ReadResult,
+    Record,
+)
 from synkworld._errors import BusUnavailableError
 
 __all__ = ["MemoryBackend", "MemoryHub"]
@@ -29,10 +37,10 @@ __all__ = ["MemoryBackend", "MemoryHub"]
 
 @dataclass
 class _Stream:
-    entries: list[tuple[int, Mapping[bytes, bytes], float]] = field(default_factory=list)
-    """(tick, fields, readable from) in tick order."""
+    entries: list[tuple[Record, float]] = field(default_factory=list)
+    """(record, readable from) in tick order."""
     last_tick: int = -1
-    """The highest tick ever appended (kept when the entries are trimmed)."""
+    """The highest tick ever appended (kept when entries are trimmed or lost)."""
 
 
 class MemoryHub:
@@ -140,7 +148,7 @@ class MemoryBackend(BusBackend):
             hub._clock_epoch = proposed_ms
         return hub._clock_epoch
 
-    async def acquire(self, region: str, node: str, ttl_ms: int) -> int | None:
+    async def acquire(self, region: str, node: str, ttl_ms: int, min_epoch: int = 0) -> int | None:
         hub = self._enter()
         held = hub._lease(region)
         if held is not None:
@@ -148,7 +156,7 @@ class MemoryBackend(BusBackend):
                 return None
             hub._leases[region] = (node, held[1], hub.clock() + ttl_ms / 1000)
             return held[1]
-        hub._epoch += 1
+        hub._epoch = max(hub._epoch + 1, min_epoch + 1)
         hub._leases[region] = (node, hub._epoch, hub.clock() + ttl_ms / 1000)
         return hub._epoch
 
@@ -176,30 +184,39 @@ class MemoryBackend(BusBackend):
                 out[region] = Lease(*held)
         return out
 
-    async def append(
-        self, node: str, entries: list[tuple[str, int, int, Mapping[bytes, bytes]]]
-    ) -> list[AppendStatus]:
+    async def append(self, node: str, entries: list[Append]) -> list[AppendResult]:
         hub = self._enter()
         out = []
         now = hub.clock()
-        for region, epoch, tick, fields in entries:
-            if hub._lease(region) != (node, epoch):
-                out.append(AppendStatus.FENCED)
+        for e in entries:
+            region = e.region
+            if hub._lease(region) != (node, e.epoch):
+                out.append(AppendResult(AppendStatus.FENCED))
                 continue
             stream = hub._streams.setdefault(region, _Stream())
-            if tick <= stream.last_tick:
-                out.append(AppendStatus.DUPLICATE)
+            if e.tick <= stream.last_tick:
+                out.append(AppendResult(AppendStatus.DUPLICATE))
                 continue
-            stream.last_tick = tick
+            new_epoch = None
+            if e.transfer_to is not None:
+                hub._epoch += 1
+                new_epoch = hub._epoch
+                hub._leases[region] = (e.transfer_to, new_epoch, now + e.ttl_ms / 1000)
+            record = Record(region, e.tick, dict(e.fields), stream.last_tick, new_epoch)
+            stream.last_tick = e.tick
             if hub._drops.get(region):
                 hub._drops[region] -= 1
             else:
-                stream.entries.append((tick, dict(fields), now + hub._delays.get(region, 0.0)))
+                stream.entries.append((record, now + hub._delays.get(region, 0.0)))
                 if len(stream.entries) > hub.maxlen:
                     del stream.entries[: len(stream.entries) - hub.maxlen]
-            out.append(AppendStatus.OK)
+            out.append(AppendResult(AppendStatus.OK, new_epoch))
         hub._notify()
         return out
+
+    async def has_entry(self, region: str, tick: int) -> bool:
+        stream = self._enter()._streams.get(region)
+        return stream is not None and any(r.tick == tick for r, _ in stream.entries)
 
     async def read(self, cursors: Mapping[str, int], timeout_s: float) -> ReadResult:
         hub = self._enter()
@@ -228,14 +245,13 @@ class MemoryBackend(BusBackend):
                 gaps.add(region)
             if stream is None:
                 continue
-            newer = [e for e in stream.entries if e[0] > cursor]
-            if cursor >= 0 and newer and newer[0][0] != cursor + 1:
-                # Every tick has an entry: the ones after the cursor were lost or trimmed.
-                gaps.add(region)
-            for tick, fields, readable_at in newer:
+            newer = [(r, at) for r, at in stream.entries if r.tick > cursor]
+            if cursor >= 0 and newer and newer[0][0].prev not in (cursor, -1):
+                gaps.add(region)  # what came between was trimmed away or lost
+            for record, readable_at in newer:
                 if readable_at > now:
                     break  # later entries wait behind a delayed one, as a stream reads in order
-                records.append(Record(region, tick, fields))
+                records.append(record)
         return ReadResult(records, frozenset(gaps))
 
     async def want(self, region: str, keys: Collection[str]) -> None:

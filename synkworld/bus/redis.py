@@ -27,7 +27,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from synkworld._bus_backend import AppendStatus, BusBackend, Lease, ReadResult, Record
+from synkworld._bus_backend import (
+    Append,
+    AppendResult,
+    AppendStatus,
+    BusBackend,
+    Lease,
+    ReadResult,
+    Record,
+)
 from synkworld._errors import BusUnavailableError
 
 __all__ = ["RedisBackend"]
@@ -43,6 +51,11 @@ if cur then
   return false
 end
 local e = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if e <= floor then
+  e = floor + 1
+  redis.call('SET', KEYS[2], e)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. e, 'PX', ARGV[2])
 return e
 """
@@ -64,11 +77,31 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
+# KEYS: lease, stream, epoch counter. ARGV: "<node>|<epoch>", "<tick>-0", maxlen,
+# the node to hand the lease to ('' for none), its TTL in ms, then field, value, ...
+# The entry gets `p`, the tick of the stream's last entry, and `ne`, the new
+# epoch of a handed-over lease.
 _APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'FENCED' end
-local ok = pcall(redis.call, 'XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 4))
-if not ok then return 'DUPLICATE' end
-return 'OK'
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'FENCED', 0} end
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+local prev = '-1'
+if #last > 0 then
+  prev = string.match(last[1][1], '^(%d+)')
+  if tonumber(string.match(ARGV[2], '^(%d+)')) <= tonumber(prev) then
+    return {'DUPLICATE', 0}
+  end
+end
+local fields = {'p', prev}
+local ne = 0
+if ARGV[4] ~= '' then
+  ne = redis.call('INCR', KEYS[3])
+  table.insert(fields, 'ne')
+  table.insert(fields, tostring(ne))
+end
+for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(fields))
+if ne ~= 0 then redis.call('SET', KEYS[1], ARGV[4] .. '|' .. ne, 'PX', ARGV[5]) end
+return {'OK', ne}
 """
 
 _TAKE = """
@@ -115,10 +148,12 @@ class RedisBackend(BusBackend):
             value = await self._redis.get(key)
             return int(value) if value is not None else proposed_ms
 
-    async def acquire(self, region: str, node: str, ttl_ms: int) -> int | None:
+    async def acquire(self, region: str, node: str, ttl_ms: int, min_epoch: int = 0) -> int | None:
         async with _errors():
             keys = [self._k(f"lease:{region}"), self._k("epoch")]
-            epoch = await self._script("acquire", _ACQUIRE)(keys=keys, args=[node, ttl_ms])
+            epoch = await self._script("acquire", _ACQUIRE)(
+                keys=keys, args=[node, ttl_ms, min_epoch]
+            )
             return int(epoch) if epoch is not None else None
 
     async def renew(self, leases: Mapping[str, int], node: str, ttl_ms: int) -> set[str]:
@@ -151,32 +186,40 @@ class RedisBackend(BusBackend):
                 out[region] = Lease(node, int(epoch))
         return out
 
-    async def append(
-        self, node: str, entries: list[tuple[str, int, int, Mapping[bytes, bytes]]]
-    ) -> list[AppendStatus]:
+    async def append(self, node: str, entries: list[Append]) -> list[AppendResult]:
         if not entries:
             return []
         script = self._script("append", _APPEND)
+        counter = self._k("epoch")
         async with _errors():
             await self._ensure_generation()
             pipe = self._redis.pipeline(transaction=False)
-            for region, epoch, tick, fields in entries:
-                flat: list[Any] = [f"{node}|{epoch}", f"{tick}-0", self.maxlen]
-                if fields:
-                    for k, v in fields.items():
-                        flat += [k, v]
-                else:
-                    flat += [b"h", b"{}"]  # a stream entry has at least one field
+            for e in entries:
+                flat: list[Any] = [
+                    f"{node}|{e.epoch}",
+                    f"{e.tick}-0",
+                    self.maxlen,
+                    e.transfer_to or "",
+                    e.ttl_ms,
+                ]
+                for k, v in e.fields.items():
+                    flat += [k, v]
                 await script(
-                    keys=[self._k(f"lease:{region}"), self._k(f"s:{region}")],
+                    keys=[self._k(f"lease:{e.region}"), self._k(f"s:{e.region}"), counter],
                     args=flat,
                     client=pipe,
                 )
             results = await pipe.execute()
-        return [
-            AppendStatus(r.decode().lower() if isinstance(r, bytes) else str(r).lower())
-            for r in results
-        ]
+        out = []
+        for status, epoch in results:
+            ne = int(epoch)
+            out.append(AppendResult(AppendStatus(_text(status).lower()), ne if ne else None))
+        return out
+
+    async def has_entry(self, region: str, tick: int) -> bool:
+        async with _errors():
+            found = await self._redis.xrange(self._k(f"s:{region}"), f"{tick}-0", f"{tick}-0")
+        return bool(found)
 
     async def read(self, cursors: Mapping[str, int], timeout_s: float) -> ReadResult:
         if not cursors:
@@ -198,11 +241,14 @@ class RedisBackend(BusBackend):
         for stream_key, entries in reply or []:
             region = by_key[_text(stream_key)]
             cursor = cursors[region]
-            for n, (entry_id, fields) in enumerate(entries):
+            for n, (entry_id, raw) in enumerate(entries):
                 tick = int(_text(entry_id).split("-")[0])
-                if n == 0 and cursor >= 0 and tick != cursor + 1:
-                    gaps.add(region)
-                records.append(Record(region, tick, dict(fields)))
+                fields = dict(raw)
+                prev = int(fields.pop(b"p", b"-1"))
+                ne = fields.pop(b"ne", None)
+                if n == 0 and cursor >= 0 and prev not in (cursor, -1):
+                    gaps.add(region)  # what came between was trimmed away
+                records.append(Record(region, tick, fields, prev, int(ne) if ne else None))
         return ReadResult(records, frozenset(gaps))
 
     async def want(self, region: str, keys: Collection[str]) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from synkworld import BusUnavailableError
-from synkworld.bus import AppendStatus
+from synkworld.bus import Append, AppendResult, AppendStatus, Lease
 from tests.bus.conftest import Kind
 
 pytestmark = pytest.mark.timeout(60)
@@ -15,6 +15,14 @@ pytestmark = pytest.mark.timeout(60)
 
 def fields(text: str) -> dict[bytes, bytes]:
     return {b"h": text.encode(), b"b:main:0:0": b'{"k":"main:0:0"}'}
+
+
+def ap(region: str, epoch: int, tick: int, f: dict[bytes, bytes]) -> Append:
+    return Append(region, epoch, tick, f)
+
+
+def st(results: list[AppendResult]) -> list[AppendStatus]:
+    return [r.status for r in results]
 
 
 async def test_the_clock_epoch_is_set_once(kind: Kind) -> None:
@@ -55,12 +63,19 @@ async def test_appends_are_fenced_by_the_lease_and_a_tick_is_written_once(kind: 
     ea = await a.acquire("r1", "a", 5000)
     eb = await b.acquire("r2", "b", 5000)
     assert ea is not None and eb is not None
-    statuses = await a.append(
-        "a", [("r1", ea, 1, fields("1")), ("r1", ea, 2, fields("2")), ("r2", ea, 1, fields("x"))]
+    statuses = st(
+        await a.append(
+            "a",
+            [
+                ap("r1", ea, 1, fields("1")),
+                ap("r1", ea, 2, fields("2")),
+                ap("r2", ea, 1, fields("x")),
+            ],
+        )
     )
     assert statuses == [AppendStatus.OK, AppendStatus.OK, AppendStatus.FENCED]
-    assert await a.append("a", [("r1", ea, 2, fields("again"))]) == [AppendStatus.DUPLICATE]
-    assert await a.append("a", [("r1", ea + 100, 3, fields("3"))]) == [AppendStatus.FENCED]
+    assert st(await a.append("a", [ap("r1", ea, 2, fields("again"))])) == [AppendStatus.DUPLICATE]
+    assert st(await a.append("a", [ap("r1", ea + 100, 3, fields("3"))])) == [AppendStatus.FENCED]
     result = await b.read({"r1": -1, "r2": -1}, 0.01)
     assert [(r.region, r.tick, r.fields[b"h"]) for r in result.records] == [
         ("r1", 1, b"1"),
@@ -68,18 +83,20 @@ async def test_appends_are_fenced_by_the_lease_and_a_tick_is_written_once(kind: 
     ]
     assert result.records[0].fields[b"b:main:0:0"] == b'{"k":"main:0:0"}'
     assert not result.gaps
+    assert await b.has_entry("r1", 2) and not await b.has_entry("r1", 3)
+    assert not await b.has_entry("r2", 1)
 
 
 async def test_a_read_waits_for_the_next_entry(kind: Kind) -> None:
     a, b = kind.backend("a"), kind.backend("b")
     epoch = await a.acquire("r1", "a", 5000)
     assert epoch is not None
-    await a.append("a", [("r1", epoch, 1, fields("1"))])
+    await a.append("a", [ap("r1", epoch, 1, fields("1"))])
     assert not (await b.read({"r1": 1}, 0.05)).records
 
     async def later() -> None:
         await asyncio.sleep(0.05)
-        await a.append("a", [("r1", epoch, 2, fields("2"))])
+        await a.append("a", [ap("r1", epoch, 2, fields("2"))])
 
     appending = asyncio.ensure_future(later())
     result = await b.read({"r1": 1}, 2.0)
@@ -93,18 +110,38 @@ async def test_ticks_a_reader_missed_are_a_gap(kind: Kind) -> None:
     assert epoch is not None
     # Redis trims `MAXLEN ~` streams by whole nodes of 100 entries: 400 ticks is enough.
     for tick in range(1, 401):
-        await a.append("a", [("r1", epoch, tick, fields(str(tick)))])
+        await a.append("a", [ap("r1", epoch, tick, fields(str(tick)))])
     # Trimmed to about 50 entries: what came after tick 10 is gone.
     result = await b.read({"r1": 10}, 0.01)
     assert result.gaps == {"r1"}
     assert not (await b.read({"r1": 399}, 0.01)).gaps
-    # A new owner that starts at the current tick leaves a gap too.
+    # Ticks without an entry are no gap: a new owner that starts later, say.
     await a.release("r1", "a", epoch)
     e2 = await b.acquire("r1", "b", 5000)
     assert e2 is not None
-    await b.append("b", [("r1", e2, 410, fields("410"))])
+    await b.append("b", [ap("r1", e2, 410, fields("410"))])
     result = await b.read({"r1": 400}, 0.01)
-    assert result.gaps == {"r1"} and [r.tick for r in result.records] == [410]
+    assert not result.gaps and [(r.tick, r.prev) for r in result.records] == [(410, 400)]
+
+
+async def test_an_append_can_hand_the_lease_over(kind: Kind) -> None:
+    a, b = kind.backend("a"), kind.backend("b")
+    ea = await a.acquire("r1", "a", 5000)
+    assert ea is not None
+    (done,) = await a.append("a", [Append("r1", ea, 1, fields("last"), "b", 5000)])
+    assert done.status is AppendStatus.OK and done.epoch is not None and done.epoch > ea
+    (record,) = (await b.read({"r1": -1}, 0.01)).records
+    assert record.epoch == done.epoch and record.prev == -1
+    assert (await a.leases(["r1"]))["r1"] == Lease("b", done.epoch)
+    assert st(await a.append("a", [ap("r1", ea, 2, fields("2"))])) == [AppendStatus.FENCED]
+    assert st(await b.append("b", [ap("r1", done.epoch, 2, fields("2"))])) == [AppendStatus.OK]
+
+
+async def test_epochs_grow_past_what_a_node_has_seen(kind: Kind) -> None:
+    """After the medium lost its counter (a Redis restart), epochs must still grow."""
+    a = kind.backend("a")
+    assert await a.acquire("r1", "a", 5000, min_epoch=41) == 42
+    assert (await a.acquire("r2", "a", 5000)) == 43
 
 
 async def test_wanted_keys_are_taken_once(kind: Kind) -> None:
@@ -139,7 +176,7 @@ async def test_a_reader_notices_that_the_medium_lost_everything(kind: Kind) -> N
     a, b = kind.backend("a"), kind.backend("b")
     epoch = await a.acquire("r1", "a", 5000)
     assert epoch is not None
-    await a.append("a", [("r1", epoch, 1, fields("1"))])
+    await a.append("a", [ap("r1", epoch, 1, fields("1"))])
     assert [r.tick for r in (await b.read({"r1": -1}, 0.01)).records] == [1]
     if kind.name == "memory":
         kind.hub.wipe()  # type: ignore[attr-defined]
@@ -165,18 +202,18 @@ async def test_memory_faults_delay_drop_fence_and_disconnect() -> None:
     epoch = await a.acquire("r1", "a", 5000)
     assert epoch is not None
     hub.delay("r1", 1.0)
-    await a.append("a", [("r1", epoch, 1, fields("1"))])
+    await a.append("a", [ap("r1", epoch, 1, fields("1"))])
     assert not (await b.read({"r1": -1}, 0.01)).records
     clock.advance(1.0)
     assert [r.tick for r in (await b.read({"r1": -1}, 0.01)).records] == [1]
     hub.delay("r1", 0)
     hub.drop_next("r1")
-    assert await a.append("a", [("r1", epoch, 2, fields("2"))]) == [AppendStatus.OK]
-    await a.append("a", [("r1", epoch, 3, fields("3"))])
+    assert st(await a.append("a", [ap("r1", epoch, 2, fields("2"))])) == [AppendStatus.OK]
+    await a.append("a", [ap("r1", epoch, 3, fields("3"))])
     result = await b.read({"r1": 1}, 0.01)
     assert result.gaps == {"r1"} and [r.tick for r in result.records] == [3]
     hub.fence("r1")
-    assert await a.append("a", [("r1", epoch, 4, fields("4"))]) == [AppendStatus.FENCED]
+    assert st(await a.append("a", [ap("r1", epoch, 4, fields("4"))])) == [AppendStatus.FENCED]
     hub.disconnect("a")
     with pytest.raises(BusUnavailableError):
         await a.leases(["r1"])

@@ -1,0 +1,1 @@
+"""Several processes on one map: the cluster's logic, over any `BusBackend`."""
