@@ -39,7 +39,8 @@ class AppendStatus(enum.Enum):
     """What became of one fenced append."""
 
     OK = "ok"
-    FENCED = "fenced"  # the lease is not the appender's at that epoch: nothing written
+    FENCED = "fenced"  # another node holds the lease, or a later epoch: nothing written
+    UNHELD = "unheld"  # nobody holds it (it expired, or the medium lost it): nothing written
     DUPLICATE = "duplicate"  # an entry with this tick (or a later one) is there: nothing written
 
 

@@ -148,6 +148,9 @@ class World:
         self._adopted: list[str] = []
         # Objects handed over by the last commit, until `settle_handovers`: (object, key).
         self._leaving: dict[str, tuple[SynkObject, str | None]] = {}
+        # Handovers whose commit point (the bus) may or may not have passed: out of
+        # the world, their slots kept, until `decide_handovers`.
+        self._undecided: dict[str, tuple[SynkObject, str | None]] = {}
         self._snapshots: dict[str, bytes] = {}
         # Each key's `{"k":"<key>","mv":[[`, made once (BatchBuilder.mv_prefixes).
         self._mv_prefix: dict[str, bytes] = {}
@@ -173,6 +176,19 @@ class World:
 
     def __iter__(self) -> Iterator[SynkObject]:
         return iter(list(self._objects.values()))
+
+    def published_key(self, obj: SynkObject) -> str | None:
+        """The key subscribers see the object under (None before its first tick).
+
+        It differs from `obj.key` while the object waits at a border (pinned to
+        its old key) and between a move and the next tick.
+        """
+        binding = obj._binding
+        if binding is None or obj.world is not self:
+            return None
+        if binding.channel is None and self._cols.code[binding.slot] == UNPUBLISHED:
+            return None
+        return self._published_key(obj)
 
     def objects_under(self, key: str) -> list[SynkObject]:
         """The objects under a key as of the last tick (what its subscribers hold)."""
@@ -477,31 +493,57 @@ class World:
         self._dirty.pop(obj, None)
         self._leaving[obj.id] = (obj, key)
 
-    def settle_handovers(self, failed: Collection[str] = ()) -> list[SynkObject]:
+    def settle_handovers(
+        self, failed: Collection[str] = (), undecided: Collection[str] = ()
+    ) -> list[SynkObject]:
         """Ends the handovers of the last commit: gone for good, or back where they were.
 
         The commit point of a handover is the bus carrying it. Those whose
         entry could not be appended (ids in `failed`) come back: an object
         that moved waits in its old key at the border (tried again every
-        tick); one created in a foreign key waits unpublished. Returns those
-        that came back. The next commit settles what is left as gone.
+        tick); one created in a foreign key waits unpublished. Those whose
+        append's outcome is unknown (`undecided`) stay out of the world until
+        `decide_handovers`. Returns those that came back. The next commit
+        settles what is left as gone.
         """
         leaving, self._leaving = self._leaving, {}
         restored: list[SynkObject] = []
         for oid, (obj, key) in leaving.items():
-            if oid not in failed:
+            if oid in undecided:
+                self._undecided[oid] = (obj, key)
+            elif oid in failed:
+                self._come_back(obj, key)
+                restored.append(obj)
+            else:
                 self._transient.discard(oid)
                 self._detach(obj)
-                continue
-            self._objects[oid] = obj
-            if key is None:
-                self._created[oid] = obj
-            else:
-                self._by_key.setdefault(key, {})[oid] = obj
-                self._snapshots.pop(key, None)
-                self._pinned.add(obj)
-            restored.append(obj)
         return restored
+
+    def decide_handovers(self, ids: Collection[str], *, landed: bool) -> list[SynkObject]:
+        """Ends undecided handovers: gone (their entry `landed`) or back at the border."""
+        restored: list[SynkObject] = []
+        for oid in ids:
+            held = self._undecided.pop(oid, None)
+            if held is None:
+                continue
+            obj, key = held
+            if landed:
+                self._transient.discard(oid)
+                self._detach(obj)
+            else:
+                self._come_back(obj, key)
+                restored.append(obj)
+        return restored
+
+    def _come_back(self, obj: SynkObject, key: str | None) -> None:
+        oid = obj.id
+        self._objects[oid] = obj
+        if key is None:
+            self._created[oid] = obj
+        else:
+            self._by_key.setdefault(key, {})[oid] = obj
+            self._snapshots.pop(key, None)
+            self._pinned.add(obj)
 
     def _release(self, obj: SynkObject) -> None:
         """Takes an object out of this world without a `rem` (it lives on elsewhere)."""

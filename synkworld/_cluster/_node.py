@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from prometheus_client.core import Metric
 
 from synkworld._bus_backend import BusBackend, Lease
 from synkworld._cluster._port import ClusterPort, ClusterStatistics
@@ -46,11 +47,14 @@ from synkworld._errors import (
     StoreError,
     error_for_code,
 )
+from synkworld._metrics import families
 from synkworld._regions import RegionMap, assign
 from synkworld._sessions import Session
 from synkworld._world import World
+from synkworld.store import Region, Store
+from synkworld.store._write_behind import ELSEWHERE, Elsewhere, WriteBehindStatistics
 
-__all__ = ["ClusterNode", "ClusterSettings", "EpochStampedSource"]
+__all__ = ["ClusterNode", "ClusterSettings", "EpochStampedSource", "LostWindow", "region_loader"]
 
 log = logging.getLogger("synkworld.cluster")
 
@@ -73,6 +77,8 @@ class ClusterSettings:
     three quarters of a tick)."""
     migrations_per_round: int = 4
     call_timeout_s: float = 5.0
+    leave_timeout_s: float = 10.0
+    """How long a graceful shutdown hands regions over before it releases the rest."""
 
     def __post_init__(self) -> None:
         if not self.lease_ttl_s > 0:
@@ -81,20 +87,50 @@ class ClusterSettings:
             raise ConfigError("deadline_s must not be negative")
 
 
+@dataclass(frozen=True, slots=True)
+class LostWindow:
+    """What a takeover could not recover: its last owner's changes not yet in the store.
+
+    The figures are what that owner last said in its heartbeat (at most a third
+    of a lease TTL before it stopped), so they are a lower bound when it kept
+    running after that.
+    """
+
+    region: str
+    node: str
+    """The owner that stopped renewing the region."""
+    last_tick: int | None
+    """The last tick it had published, when it last said."""
+    durable_tick: int | None
+    """The last tick all of whose changes it had written to the store."""
+    pending: int
+    """Objects, over all its regions, with changes it had not written: lost."""
+
+
 class EpochStampedSource:
-    """The world's documents with the fencing epoch (`ep`) their store writes carry."""
+    """The world's documents with the fencing epoch (`ep`) their store writes carry.
+
+    An object not in the world left for another process's (a handover, a
+    migration, a lost lease): every delete of a shared map is marked at its
+    commit, so absence never means a delete here.
+    """
 
     def __init__(self, world: World, port: ClusterPort) -> None:
         self.world = world
         self.port = port
 
-    def documents(self, ids: Collection[str]) -> dict[str, dict[str, Any] | None]:
+    def documents(self, ids: Collection[str]) -> dict[str, dict[str, Any] | Elsewhere | None]:
         docs = self.world.documents(ids)
         epoch_of = self.port.epoch_of
+        out: dict[str, dict[str, Any] | Elsewhere | None] = {}
         for oid, doc in docs.items():
-            if doc is not None and isinstance(doc.get("key"), str):
+            if doc is None:
+                out[oid] = ELSEWHERE
+                continue
+            if isinstance(doc.get("key"), str):
                 doc["ep"] = epoch_of(oid, doc["key"], None)
-        return docs
+            out[oid] = doc
+        return out
 
 
 CallRunner = Callable[[str, Mapping[str, Any], str, Any], Awaitable[Any]]
@@ -116,6 +152,7 @@ class ClusterNode:
         forget: Callable[[list[str]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        write_state: Callable[[], WriteBehindStatistics] | None = None,
     ) -> None:
         self.settings = settings or ClusterSettings()
         self.world = world
@@ -152,7 +189,6 @@ class ClusterNode:
         self.info: dict[str, Any] = {"owner": self.settings.owner}
         self._t0: float | None = None  # tick 0 on this process's clock
         self._last_tick = 0
-        self._valid_until: dict[str, float] = {}
         self._unheld_since: dict[str, float] = {}
         self._loading: set[str] = set()
         self._load_tasks: set[asyncio.Future[None]] = set()
@@ -165,7 +201,10 @@ class ClusterNode:
         self._calls: dict[str, asyncio.Future[Any]] = {}
         self._call_ids = itertools.count(1)
         self.run_call: CallRunner | None = None
-        self.lost_on_takeover = 0
+        self.write_state = write_state
+        self._member_info: dict[str, dict[str, Any]] = {}
+        self._last_holder: dict[str, str] = {}
+        self.lost_windows: list[LostWindow] = []
         self.takeovers = 0
 
     @property
@@ -208,10 +247,14 @@ class ClusterNode:
             asyncio.create_task(self._inbox_loop(), name="synkworld-cluster-inbox"),
         ]
 
-    async def leave(self, timeout_s: float = 10.0) -> None:
-        """Hands every owned region to the other owners, then stops (a planned leave)."""
+    def begin_leave(self) -> None:
+        """Stops taking regions; the next upkeep rounds hand the owned ones to the others."""
         self._leaving = True
         self.info["leaving"] = True
+
+    async def leave(self, timeout_s: float = 10.0) -> None:
+        """Hands every owned region to the other owners, then stops (a planned leave)."""
+        self.begin_leave()
         deadline = self.clock() + timeout_s
         with contextlib.suppress(BusUnavailableError):
             await self._heartbeat()
@@ -232,10 +275,12 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
+        self.info.update(leaving=True, closed=True)
         with contextlib.suppress(BusUnavailableError):
+            # Said before the leases go, so that a takeover reads what was left unwritten.
+            await self._heartbeat()
             for region, epoch in list(self.port.owned.items()):
                 await self.backend.release(region, self.node, epoch)
-            await self.backend.heartbeat(self.node, b"{}", 1)
         await self.backend.close()
 
     # -- upkeep ------------------------------------------------------------------------
@@ -256,11 +301,22 @@ class ClusterNode:
         await self._renew()
         await self._heartbeat()
         await self._refresh_holders()
-        members = await self.backend.members()
+        # The medium may have lost the world's clock (a wipe): every process puts back
+        # the same value, so that tick numbers never change.
+        epoch_ms = await self.backend.clock_epoch(self._epoch_ms)
+        if epoch_ms != self._epoch_ms:
+            log.error(
+                "the world's clock epoch on the bus is %d, this process ticks by %d: "
+                "a process started while the bus was empty; restart it",
+                epoch_ms,
+                self._epoch_ms,
+            )
+        members = {n: _info(raw) for n, raw in (await self.backend.members()).items()}
+        self._member_info.update(members)
         owners = [
             n
-            for n, raw in members.items()
-            if (info := _info(raw)).get("owner") and info.get("ready") and not info.get("leaving")
+            for n, info in members.items()
+            if info.get("owner") and info.get("ready") and not info.get("leaving")
         ]
         if self.settings.owner and not self._leaving and self.node not in owners:
             owners.append(self.node)
@@ -282,7 +338,7 @@ class ClusterNode:
         until = sent + self.settings.lease_ttl_s * 0.9
         for region in owned:
             if region not in lost:
-                self._valid_until[region] = until
+                self.port.valid_until[region] = until
         regained: dict[str, int] = {}
         gone: list[str] = []
         for region in lost:
@@ -293,16 +349,25 @@ class ClusterNode:
             else:
                 self._max_epoch = max(self._max_epoch, epoch)
                 regained[region] = epoch
-                self._valid_until[region] = until
+                self.port.valid_until[region] = until
         if regained:
             log.warning("leases lost and taken again at new epochs: %s", sorted(regained))
             self.port.renewed(regained)
         if gone:
             self.port.lose(gone, "lease lost")
             for region in gone:
-                self._valid_until.pop(region, None)
+                self.port.valid_until.pop(region, None)
 
     async def _heartbeat(self) -> None:
+        self.info["tick"] = self.port.tick
+        if self.write_state is not None:
+            state = self.write_state()
+            self.info["pending"] = state.pending_objects
+            self.info["durable"] = (
+                state.oldest_pending_tick - 1
+                if state.oldest_pending_tick is not None
+                else state.last_marked_tick
+            )
         await self.backend.heartbeat(
             self.node, orjson.dumps(self.info), int(self.settings.lease_ttl_s * 2000)
         )
@@ -316,6 +381,7 @@ class ClusterNode:
             lease = table.get(region)
             if lease is not None:
                 self._max_epoch = max(self._max_epoch, lease.epoch)
+                self._last_holder[region] = lease.node
                 if region not in self.port.owned:
                     holders[region] = lease
                 self._unheld_since.pop(region, None)
@@ -340,7 +406,7 @@ class ClusterNode:
             if epoch is None:
                 continue
             self._max_epoch = max(self._max_epoch, epoch)
-            self._valid_until[region] = now + grace * 0.9
+            self.port.valid_until[region] = now + grace * 0.9
             self.port.holders[region] = Lease(self.node, epoch)
             self._loading.add(region)
             task = asyncio.ensure_future(self._load_and_own(region, epoch))
@@ -365,7 +431,34 @@ class ClusterNode:
         self._max_epoch = max(self._max_epoch, write_epoch)
         self._loading.discard(region)
         self.takeovers += 1
+        self._count_lost(region)
         self.port.take_over(region, epoch, docs, write_epoch)
+
+    def _count_lost(self, region: str) -> None:
+        last = self._last_holder.get(region)
+        if last is None or last == self.node:
+            return
+        info = self._member_info.get(last, {})
+        window = LostWindow(
+            region,
+            last,
+            info.get("tick"),
+            info.get("durable"),
+            int(info.get("pending", 0)) if not info.get("closed") else 0,
+        )
+        self.lost_windows.append(window)
+        if window.pending:
+            log.warning(
+                "region %s taken over from %s, which stopped with %d objects' changes "
+                "unwritten (durable through tick %s, published through %s): they are lost",
+                region,
+                last,
+                window.pending,
+                window.durable_tick,
+                window.last_tick,
+            )
+        else:
+            log.info("region %s taken over from %s; its changes were all written", region, last)
 
     def _hand_out(self, target: Mapping[str, str], owners: list[str]) -> None:
         alive = set(owners) - {self.node}
@@ -385,7 +478,7 @@ class ClusterNode:
         """Why store writes must wait now (a lease may have expired unnoticed), or None."""
         now = self.clock()
         for region in self.port.owned:
-            until = self._valid_until.get(region)
+            until = self.port.valid_until.get(region)
             if until is not None and now > until:
                 return f"the lease of region {region} may have expired; renewing"
         return None
@@ -474,6 +567,103 @@ class ClusterNode:
     def statistics(self) -> ClusterStatistics:
         """The port's counters."""
         return self.port.statistics()
+
+    def metric_families(self) -> list[Metric]:
+        """The bus figures for /metrics."""
+        st = self.port.statistics()
+        return families(
+            [
+                (
+                    "synkworld_bus_regions_owned",
+                    "gauge",
+                    "Regions this process owns.",
+                    st.regions_owned,
+                ),
+                (
+                    "synkworld_bus_regions_late",
+                    "gauge",
+                    "Regions whose entry missed the last deadline (stale here).",
+                    st.regions_late,
+                ),
+                ("synkworld_bus_appends_total", "counter", "Ticks appended.", st.appends),
+                (
+                    "synkworld_bus_append_failures_total",
+                    "counter",
+                    "Appends that failed (the bus away).",
+                    st.append_failures,
+                ),
+                (
+                    "synkworld_bus_append_seconds_total",
+                    "counter",
+                    "Time spent appending (divide by appends: latency).",
+                    st.append_seconds,
+                ),
+                ("synkworld_bus_reads_total", "counter", "Stream reads.", st.reads),
+                (
+                    "synkworld_bus_read_seconds_total",
+                    "counter",
+                    "Time spent reading (divide by reads: latency).",
+                    st.read_seconds,
+                ),
+                (
+                    "synkworld_bus_appended_bytes_total",
+                    "counter",
+                    "Bytes appended (divide by appends: bytes per tick).",
+                    st.bytes_appended,
+                ),
+                ("synkworld_bus_read_bytes_total", "counter", "Bytes read.", st.bytes_read),
+                (
+                    "synkworld_bus_resyncs_caused_total",
+                    "counter",
+                    "Sessions owed a resync by a stale or lost region.",
+                    st.resyncs_owed,
+                ),
+                (
+                    "synkworld_bus_handovers_total",
+                    "counter",
+                    "Objects handed over.",
+                    st.handovers_sent,
+                ),
+                (
+                    "synkworld_bus_handovers_adopted_total",
+                    "counter",
+                    "Objects adopted from other processes.",
+                    st.handovers_adopted,
+                ),
+                (
+                    "synkworld_bus_outbox",
+                    "gauge",
+                    "Handovers not yet acknowledged.",
+                    st.outbox,
+                ),
+                ("synkworld_bus_regions_lost_total", "counter", "Leases lost.", st.regions_lost),
+                ("synkworld_bus_gaps_total", "counter", "Stream gaps seen.", st.gaps),
+                ("synkworld_bus_takeovers_total", "counter", "Regions taken over.", self.takeovers),
+                (
+                    "synkworld_bus_lost_on_takeover_total",
+                    "counter",
+                    "Objects with unwritten changes when their owner stopped (taken over).",
+                    sum(w.pending for w in self.lost_windows),
+                ),
+            ]
+        )
+
+
+def region_loader(
+    store: Store, regions: RegionMap, channel_keys: Collection[str] = ()
+) -> Callable[[str], Awaitable[list[dict[str, Any]]]]:
+    """What a takeover calls to load a region's objects from the store."""
+
+    async def load(region: str) -> list[dict[str, Any]]:
+        box = regions.box(region)
+        if box is None:
+            keys = [k for k in channel_keys if regions.region_of(k) == region]
+            return await store.load(keys=keys) if keys else []
+        return await store.load(
+            region=Region(box.map, box.x0, box.y0, box.x1, box.y1, box.pos_fields)
+        )
+
+    return load
 
 
 def _info(raw: bytes) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from synkworld._bus_backend import Append, AppendStatus, BusBackend, Lease
 from synkworld._cluster._entries import Entry, EntryBuilder, join_batch, join_snapshot
 from synkworld._cluster._frames import ClusterFrames
 from synkworld._errors import BusUnavailableError, DocumentError
+from synkworld._objects import SynkObject
 from synkworld._regions import RegionMap
 from synkworld._sessions import Session
 from synkworld._world import Handover, TickChanges, World
@@ -138,8 +139,12 @@ class ClusterPort(BusPort):
         self._takeovers: list[_Takeover] = []
         self._acks: dict[str, list[tuple[str, str, str, int]]] = {}
         self._outbox: dict[str, _Sent] = {}
+        self.unheld: set[str] = set()  # owned regions whose lease an append found nobody's
+        # Until when each owned region's lease is surely still ours (store writes wait after).
+        self.valid_until: dict[str, float] = {}
         self._released_recently: dict[str, float] = {}
-        self._limbo: dict[str, tuple[int, list[Handover]]] = {}  # region -> unknown append
+        # Handovers in appends whose outcome is unknown (the bus went during the call).
+        self._limbo: dict[tuple[str, int], list[Handover]] = {}
 
         self._cursor: dict[str, int] = {}
         self._queued: dict[str, deque[Entry]] = {}
@@ -192,6 +197,7 @@ class ClusterPort(BusPort):
 
     def renewed(self, epochs: Mapping[str, int]) -> None:
         """Takes note of leases re-acquired at new epochs (after the medium lost them)."""
+        self.unheld.difference_update(epochs)
         for region, epoch in epochs.items():
             if region in self.owned:
                 self.owned[region] = epoch
@@ -204,13 +210,15 @@ class ClusterPort(BusPort):
         if not lost:
             return
         gone = set(lost)
-        objs = [o for o in self.world if o.key is not None and self._region(o.key) in gone]
+        objs = [o for o in self.world if (k := self._standing(o)) and self._region(k) in gone]
         self.world.release(objs)
         ids = [o.id for o in objs]
         self.forget(ids)
         for oid in ids:
             self.object_epoch.pop(oid, None)
         for region in lost:
+            self.unheld.discard(region)
+            self.valid_until.pop(region, None)
             del self.owned[region]
             self.write_epoch.pop(region, None)
             self._migrating.pop(region, None)
@@ -219,10 +227,19 @@ class ClusterPort(BusPort):
         self._lost += len(lost)
         log.warning("lost %d regions (%s): %s", len(lost), why, ", ".join(sorted(lost)))
 
+    def _standing(self, obj: SynkObject) -> str | None:
+        """The key an object stands under here: its published key, pinned at a border."""
+        return self.world.published_key(obj) or obj.key
+
     def _region(self, key: str) -> str:
         return self.regions.region_of(key)
 
     # -- the tick ----------------------------------------------------------------------
+
+    @property
+    def tick(self) -> int:
+        """The last tick this process published."""
+        return self._tick
 
     def next_tick(self, now: float) -> tuple[int, float] | None:
         if self.schedule is None:
@@ -241,10 +258,34 @@ class ClusterPort(BusPort):
         for t in takeovers:
             self._start_owning(t)
 
+    def _unacknowledged_into(self, region: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`docs` with this process's handovers into `region` that nobody adopted.
+
+        A region taken over (or handed here) may be where this process sent
+        objects its owner never acknowledged (it crashed): they come back from
+        the outbox, which is newer than the store unless the store says otherwise.
+        """
+        mine = {
+            oid: sent.doc for oid, sent in self._outbox.items() if self._region(sent.key) == region
+        }
+        if not mine:
+            return docs
+        for oid in mine:
+            del self._outbox[oid]
+        out = []
+        for doc in docs:
+            theirs = mine.get(doc.get("_id"))  # type: ignore[arg-type]
+            if theirs is not None and int(theirs.get("v", 0)) > int(doc.get("v", 0)):
+                continue
+            if theirs is not None:
+                del mine[doc["_id"]]
+            out.append(doc)
+        return out + list(mine.values())
+
     def _start_owning(self, t: _Takeover) -> None:
         world = self.world
         adopted = 0
-        for doc in t.docs:
+        for doc in self._unacknowledged_into(t.region, t.docs):
             ep = doc.get("ep", 0)
             oid = doc.get("_id")
             if not isinstance(oid, str) or oid in world:
@@ -269,6 +310,8 @@ class ClusterPort(BusPort):
     async def publish(self, changes: TickChanges) -> None:
         n = changes.tick
         self._tick = n
+        for oid in changes.deleted_ids:
+            self.object_epoch.pop(oid, None)
         owned = self.owned
         builders = {r: EntryBuilder(self.node, e) for r, e in owned.items()}
         wanted: dict[str, set[str]] = {}
@@ -305,7 +348,9 @@ class ClusterPort(BusPort):
             builders[first].resent = self._due_resends()
         migrating: dict[str, tuple[str, list[dict[str, Any]]]] = {}
         for region, to in list(self._migrating.items()):
-            objs = [o for o in self.world if o.key is not None and region_of(o.key) == region]
+            if region not in builders:
+                continue  # lost since it was asked to migrate: nothing to hand over
+            objs = [o for o in self.world if (k := self._standing(o)) and region_of(k) == region]
             docs = self.world.release(objs)
             for doc in docs:
                 doc["ep"] = self.epoch_of(doc["_id"], doc["key"], None)
@@ -379,7 +424,8 @@ class ClusterPort(BusPort):
                     log.info("handed region %s to %s at tick %d: %d objects", r, to, n, len(ids))
             elif status is None:
                 # Unknown: the append may have gone through. Decided once the bus is back.
-                self._limbo[r] = (n, sent)
+                if sent:
+                    self._limbo[r, n] = sent
                 failed.update(h.id for h in sent)
                 if r in migrating:
                     self._limbo_migration(r, migrating[r][1])
@@ -387,18 +433,26 @@ class ClusterPort(BusPort):
                 failed.update(h.id for h in sent)
                 if r in migrating:
                     self._undo_migration(migrating[r][1])
-                published.fenced.add(r)
+                if status is AppendStatus.UNHELD:
+                    # Nobody's lease: the medium lost it, or it ran out while this
+                    # process stalled. The world is still right; upkeep takes it again
+                    # (or loses it to a takeover). Readers see a gap meanwhile.
+                    if r not in self.unheld:
+                        log.warning("region %s: the lease is nobody's; taking it again", r)
+                    self.unheld.add(r)
+                else:
+                    published.fenced.add(r)
         if len(self._released_recently) > 10_000 or n % 200 == 0:
             horizon = self.clock() - 60.0
             self._released_recently = {
                 i: t for i, t in self._released_recently.items() if t >= horizon
             }
         # Objects in limbo stay out of the world until their append's fate is known.
-        limbo_ids = {h.id for _, hs in self._limbo.values() for h in hs}
-        restored = self.world.settle_handovers(failed - limbo_ids)
+        limbo_ids = {h.id for hs in self._limbo.values() for h in hs}
+        restored = self.world.settle_handovers(failed - limbo_ids, limbo_ids)
         for obj in restored:
-            if obj.key is not None:
-                self._owe_keys({obj.key})
+            if (k := self._standing(obj)) is not None:
+                self._owe_keys({k})
         for h in changes.outgoing:
             if h.id in failed:
                 self._owe_keys({h.key, *(k for k in [h.entry.get("from")] if k)})
@@ -408,10 +462,17 @@ class ClusterPort(BusPort):
         self._published = published
 
     def epoch_of(self, oid: str, key: str, also: str | None) -> int:
-        """The fencing epoch a store write of this object carries (`ep`)."""
+        """The fencing epoch a store write of this object carries (`ep`).
+
+        Never lower than one this process wrote it with: regions hold their leases
+        at different epochs, and an object moving to a region with an older lease
+        must not be fenced by its own earlier writes.
+        """
         ep = max(self.write_epoch.get(self._region(key), 0), self.object_epoch.get(oid, 0))
         if also is not None:
             ep = max(ep, self.write_epoch.get(self._region(also), 0))
+        if oid in self.world:
+            self.object_epoch[oid] = ep
         return ep
 
     def _undo_migration(self, docs: list[dict[str, Any]]) -> None:
@@ -426,13 +487,14 @@ class ClusterPort(BusPort):
     async def _settle_limbo(self) -> None:
         limbo = dict(self._limbo)
         try:
-            landed = {r: await self.backend.has_entry(r, t) for r, (t, _) in limbo.items()}
+            landed = {(r, t): await self.backend.has_entry(r, t) for r, t in limbo}
         except BusUnavailableError:
             return
         self.bus_up = True
-        for region, (tick, handovers) in limbo.items():
-            del self._limbo[region]
-            if landed[region]:
+        for (region, tick), handovers in limbo.items():
+            del self._limbo[region, tick]
+            ids = [h.id for h in handovers]
+            if landed[region, tick]:
                 for h in handovers:
                     dest = self.holders.get(self._region(h.key))
                     doc = dict(h.document)
@@ -440,11 +502,18 @@ class ClusterPort(BusPort):
                     self._outbox[h.id] = _Sent(
                         doc, h.key, tick, dest.epoch if dest else None, self.clock()
                     )
-                self.world.settle_handovers(())
-            else:
-                for obj in self.world.settle_handovers({h.id for h in handovers}):
-                    if obj.key is not None:
-                        self._owe_keys({obj.key})
+                self.world.decide_handovers(ids, landed=True)
+                continue
+            restored = self.world.decide_handovers(ids, landed=False)
+            # Back at the border, unless the region was lost meanwhile: then its new
+            # owner has the object (from the store), and it is not this world's.
+            foreign = [o for o in restored if (k := self._standing(o)) and not self.owns(k)]
+            if foreign:
+                self.world.release(foreign)
+                self.forget([o.id for o in foreign])
+            for obj in restored:
+                if (k := self._standing(obj)) is not None:
+                    self._owe_keys({k})
 
     def _due_resends(self) -> list[dict[str, Any]]:
         """Handovers that no adopter acknowledged in time, to send again."""
@@ -705,7 +774,7 @@ class ClusterPort(BusPort):
         region = entry.region
         assert entry.new_epoch is not None
         ep = 0
-        for doc in entry.migrated:
+        for doc in self._unacknowledged_into(region, list(entry.migrated)):
             oid = doc["_id"]
             obj_ep = int(doc.get("ep", 0))
             ep = max(ep, obj_ep)
@@ -714,6 +783,8 @@ class ClusterPort(BusPort):
             self.world.adopt(doc)
             self.object_epoch[oid] = obj_ep
         self.owned[region] = entry.new_epoch
+        # The lease was handed over with the entry, for a whole TTL from about now.
+        self.valid_until[region] = self.clock() + 0.9 * self.lease_ttl_ms / 1000
         self.write_epoch[region] = max(entry.new_epoch, ep)
         self.holders[region] = Lease(self.node, entry.new_epoch)
         self._cursor.pop(region, None)

@@ -87,6 +87,10 @@ class MemoryHub:
         self._epoch += 1
         self._leases[region] = (thief, self._epoch, self.clock() + 3600.0)
 
+    def expire(self, region: str) -> None:
+        """Ends a region's lease now, as if its holder had stopped renewing a TTL ago."""
+        self._leases.pop(region, None)
+
     def wipe(self) -> None:
         """Loses everything, as Redis restarting without persistence does."""
         self._clock_epoch = None
@@ -190,8 +194,11 @@ class MemoryBackend(BusBackend):
         now = hub.clock()
         for e in entries:
             region = e.region
-            if hub._lease(region) != (node, e.epoch):
-                out.append(AppendResult(AppendStatus.FENCED))
+            held = hub._lease(region)
+            if held != (node, e.epoch):
+                out.append(
+                    AppendResult(AppendStatus.UNHELD if held is None else AppendStatus.FENCED)
+                )
                 continue
             stream = hub._streams.setdefault(region, _Stream())
             if e.tick <= stream.last_tick:

@@ -82,7 +82,9 @@ return 1
 # The entry gets `p`, the tick of the stream's last entry, and `ne`, the new
 # epoch of a handed-over lease.
 _APPEND = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'FENCED', 0} end
+local held = redis.call('GET', KEYS[1])
+if not held then return {'UNHELD', 0} end
+if held ~= ARGV[1] then return {'FENCED', 0} end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local prev = '-1'
 if #last > 0 then
@@ -230,8 +232,12 @@ class RedisBackend(BusBackend):
         }
         async with _errors():
             wiped = await self._wiped()
+            # No BLOCK for a read that must not wait: Redis expires blocked reads
+            # only when its event loop wakes (every 1/hz s, 100 ms by default), so
+            # even BLOCK 1 can take that long. Entries wake a blocked read at once.
+            block = int(timeout_s * 1000)
             reply: Any = await self._redis.xread(
-                streams, count=256, block=max(1, int(timeout_s * 1000))
+                streams, count=256, block=block if block >= 1 else None
             )
         by_key = {self._k(f"s:{r}"): r for r in regions}
         records: list[Record] = []

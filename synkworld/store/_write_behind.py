@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Final, Literal, Protocol, Self
 
 from synkworld._errors import ConfigError
 from synkworld.store._base import Document, Store, WriteBatch, WriteResult
@@ -47,11 +47,27 @@ def merged_op(older: Op, newer: Op) -> Op:
     return older if older in (INSERT, INSERT_UNSURE) else UPSERT
 
 
+class Elsewhere:
+    """The answer of a source for an object that lives in another process's world now."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "ELSEWHERE"
+
+
+ELSEWHERE: Final = Elsewhere()
+
+
 class DocumentSource(Protocol):
     """Gives the current documents of objects; the world implements it."""
 
-    def documents(self, ids: Collection[str]) -> Mapping[str, Document | None]:
+    def documents(self, ids: Collection[str]) -> Mapping[str, Document | Elsewhere | None]:
         """Returns the current full document of each id, or None if the object no longer exists.
+
+        `ELSEWHERE` says that the object left for another process's world (one map
+        on several processes): that process writes it now, so nothing is written
+        here, neither its state nor the delete its absence would look like.
 
         Each document is a new dict that the caller may keep: the source must not
         change it afterwards (the store encodes it later, maybe on another
@@ -514,6 +530,8 @@ class WriteBehind:
             doc = docs.get(doc_id)
             if doc is None:
                 deletes.append(doc_id)
+            elif isinstance(doc, Elsewhere):
+                continue
             elif doc.get("_id") != doc_id:
                 refused[doc_id] = f"the source gave a document with _id {doc.get('_id')!r}"
             elif batch[doc_id] == UPSERT:

@@ -50,6 +50,9 @@ class RedisServer:
                     "no",
                     "--protected-mode",
                     "no",
+                    # Blocked reads time out when the server wakes: 10 ms, not 100.
+                    "--hz",
+                    "100",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

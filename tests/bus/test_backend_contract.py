@@ -76,6 +76,8 @@ async def test_appends_are_fenced_by_the_lease_and_a_tick_is_written_once(kind: 
     assert statuses == [AppendStatus.OK, AppendStatus.OK, AppendStatus.FENCED]
     assert st(await a.append("a", [ap("r1", ea, 2, fields("again"))])) == [AppendStatus.DUPLICATE]
     assert st(await a.append("a", [ap("r1", ea + 100, 3, fields("3"))])) == [AppendStatus.FENCED]
+    # Nobody's lease (expired, or lost with the medium's data): the appender may take it again.
+    assert st(await a.append("a", [ap("r9", ea, 1, fields("x"))])) == [AppendStatus.UNHELD]
     result = await b.read({"r1": -1, "r2": -1}, 0.01)
     assert [(r.region, r.tick, r.fields[b"h"]) for r in result.records] == [
         ("r1", 1, b"1"),

@@ -10,13 +10,23 @@ owners' worlds under its keys) and every id with "exactly one world".
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from synkworld import GridMap, Limits, Session, SynkObject, TickLoop, World
-from synkworld._cluster._node import ClusterNode, ClusterSettings
+from synkworld import (
+    BusUnavailableError,
+    GridMap,
+    Limits,
+    Persistence,
+    Session,
+    SynkObject,
+    TickLoop,
+    World,
+)
+from synkworld._cluster._node import ClusterNode, ClusterSettings, EpochStampedSource
 from synkworld.bus import MemoryHub
 from synkworld.store import MemoryStore, Region
 from synkworld.testing import FakeClock, ReferenceClient, world_truth
@@ -54,7 +64,9 @@ class Proc:
     world: World
     loop: TickLoop
     node: ClusterNode
+    persistence: Persistence
     clients: list[Client] = field(default_factory=list)
+    stalled: bool = False
 
 
 class InProcessCluster:
@@ -67,12 +79,16 @@ class InProcessCluster:
         *,
         store: MemoryStore | None = None,
         region_cells: int = 2,
+        flush_every: int = 1,
     ) -> None:
         self.clock = FakeClock(start=1000.0)
         self.hub = MemoryHub(clock=self.clock, maxlen=400)
         self.store = store or MemoryStore()
         self.region_cells = region_cells
+        # Ticks between two store flushes: what a crash loses is the last ones' changes.
+        self.flush_every = flush_every
         self.procs: list[Proc] = []
+        self.gone: list[Proc] = []
         self.tick = 0
         self._sids = itertools.count(1)
         for i in range(owners + gateways):
@@ -106,13 +122,25 @@ class InProcessCluster:
         )
         loop = TickLoop(world, tick_rate_hz=RATE, bus=node.port, clock=self.clock)
         holder.append(loop)
-        return Proc(name, world, loop, node)
+        persistence = Persistence(
+            world,
+            self.store,
+            source=EpochStampedSource(world, node.port),
+            write_gate=node.write_gate,
+            retry_initial_s=0.001,
+            retry_max_s=0.01,
+        )
+        node.port.forget = persistence.writer.forget
+        node.write_state = persistence.writer.statistics
+        loop.on_changes(persistence.on_changes)
+        return Proc(name, world, loop, node, persistence)
 
     # -- running -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Every process joins; the owners share the map out (after the takeover grace)."""
         for p in self.procs:
+            await p.persistence.writer.__aenter__()
             await p.node.start()
         self.tick = int((self.clock() - self.procs[0].node.tick_start(0)) * RATE)
         await self.maintain()
@@ -120,10 +148,19 @@ class InProcessCluster:
         await self.maintain()
         await self.settle()
 
+    async def stop(self) -> None:
+        for p in self.procs:
+            await p.persistence.writer.__aexit__(None, None, None)
+
+    @property
+    def live(self) -> list[Proc]:
+        return [p for p in self.procs if not p.stalled]
+
     async def maintain(self, procs: list[Proc] | None = None) -> None:
-        for p in procs or self.procs:
-            await p.node.maintain()
-        for p in procs or self.procs:
+        for p in procs or self.live:
+            with contextlib.suppress(BusUnavailableError):  # as the upkeep loop does
+                await p.node.maintain()
+        for p in procs or self.live:
             await p.node.loads_done()
 
     async def settle(self) -> None:
@@ -134,7 +171,12 @@ class InProcessCluster:
                 return
 
     async def run(
-        self, ticks: int, *, before_tick: Callable[[int], None] | None = None, check: bool = False
+        self,
+        ticks: int,
+        *,
+        before_tick: Callable[[int], None] | None = None,
+        check: bool = False,
+        twins: bool = True,
     ) -> None:
         """Runs ticks on every process, phase by phase; checks the clients after each."""
         for _ in range(ticks):
@@ -144,12 +186,16 @@ class InProcessCluster:
             self.clock.now = max(self.clock.now, node0.tick_start(n))
             if before_tick is not None:
                 before_tick(n)
-            published = [await p.loop.publish_tick(n) for p in self.procs]
-            for p, pub in zip(self.procs, published, strict=True):
+            live = self.live
+            published = [await p.loop.publish_tick(n) for p in live]
+            for p, pub in zip(live, published, strict=True):
                 await p.loop.frames_tick(pub)
             self.read_frames()
+            if n % self.flush_every == 0:
+                for p in live:
+                    await p.persistence.flush()
             if check:
-                self.check()
+                self.check(twins=twins)
             if n % int(TTL * RATE / 3) == 0:
                 await self.maintain()
 
@@ -171,7 +217,7 @@ class InProcessCluster:
         return x, y
 
     def read_frames(self) -> None:
-        for p in self.procs:
+        for p in self.live:
             for c in p.clients:
                 while (frame := c.session.pop()) is not None:
                     c.frames.append(frame)
@@ -185,7 +231,7 @@ class InProcessCluster:
 
     def find(self, oid: str) -> SynkObject | None:
         """The object with this id, in whichever world holds it."""
-        for p in self.procs:
+        for p in self.live:
             obj = p.world.get(oid)
             if obj is not None:
                 return obj
@@ -201,25 +247,99 @@ class InProcessCluster:
 
     def truth(self, keys: set[str]) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for p in self.procs:
+        for p in self.live:
             owned = {k for k in keys if p.node.port.owns(k)}
             out.update(world_truth(p.world, owned))
+        # Handed over and not adopted yet (its entry is late): the frames already show
+        # it at its destination, as it is.
+        for oid, doc in self.in_transit().items():
+            if doc["key"] in keys:
+                state = {"x": round(doc["x"], 1), "y": round(doc["y"], 1), "hp": doc["hp"]}
+                out[oid] = (doc["t"], doc["v"], state, doc["key"])
         return out
 
-    def check(self, *, twins: bool = True) -> None:
-        """Every settled client equals the truth; every id lives in one world; twins agree."""
+    def in_transit(self) -> dict[str, dict[str, Any]]:
+        """Objects released by their source and not in any world yet."""
+        docs = {oid: sent.doc for p in self.live for oid, sent in p.node.port._outbox.items()}
+        for p in self.live:
+            for oid in [oid for oid in docs if p.world.get(oid) is not None]:
+                del docs[oid]
+        return docs
+
+    def ids(self) -> dict[str, str]:
+        """Every live object's id, and the process whose world holds it; no id twice."""
         seen: dict[str, str] = {}
-        for p in self.procs:
+        for p in self.live:
             for o in p.world:
                 assert o.id not in seen, f"{o.id} lives in {seen[o.id]} and {p.name}"
                 seen[o.id] = p.name
-        for p in self.procs:
+        return seen
+
+    def placed(self) -> set[str]:
+        """Every id in a world, handed over and not yet adopted, or in an append's limbo."""
+        limbo = {
+            h.id for p in self.live for handovers in p.node.port._limbo.values() for h in handovers
+        }
+        inside = set(self.ids())
+        assert not limbo & inside, f"in limbo and in a world: {sorted(limbo & inside)}"
+        return inside | limbo | set(self.in_transit())
+
+    def owed(self) -> int:
+        return sum(
+            1 for p in self.live for c in p.clients if c.session.resync_owed or c.session.lagging
+        )
+
+    # -- faults and membership ---------------------------------------------------------------
+
+    async def kill(self, proc: Proc) -> None:
+        """The process dies: no ticks, heartbeats or renewals; what it had not written is lost."""
+        self.procs.remove(proc)
+        self.gone.append(proc)
+        await proc.persistence.writer.abandon()
+
+    async def join(self, *, owner: bool = True) -> Proc:
+        """A new process joins the map."""
+        proc = self._proc(f"p{len(self.procs) + len(self.gone)}", owner=owner)
+        await proc.persistence.writer.__aenter__()
+        await proc.node.start()
+        self.procs.append(proc)
+        return proc
+
+    async def leave(self, proc: Proc, ticks: int = 60) -> None:
+        """A planned leave: the process hands every region over, then goes."""
+        proc.node.begin_leave()
+        await proc.node.maintain()
+        for _ in range(ticks):
+            if not proc.node.port.owned:
+                break
+            await self.run(1)
+            await self.maintain()
+        assert not proc.node.port.owned
+        await proc.persistence.flush()
+        await proc.node.close()
+        self.procs.remove(proc)
+        self.gone.append(proc)
+
+    def check(self, *, twins: bool = True) -> None:
+        """Every settled client equals the truth; every id lives in one world; twins agree."""
+        self.ids()
+        for p in self.live:
             for c in p.clients:
                 if c.session.resync_owed or c.session.lagging:
                     continue
                 assert c.mirror.held == c.session.held
-                assert c.mirror.view() == self.truth(c.session.held), (
-                    f"{c.session.sid} on {p.name} at tick {self.tick}"
+                seen, truth = c.mirror.view(), self.truth(c.session.held)
+                assert seen == truth, (
+                    f"{c.session.sid} on {p.name} at tick {self.tick}: " + _difference(seen, truth)
                 )
-                if twins and c.twin is not None:
+                if twins and c.twin is not None and c.twin.proc in self.live:
                     assert c.frames == c.twin.frames, f"twins {c.session.sid} {c.twin.session.sid}"
+
+
+def _difference(seen: dict[str, Any], truth: dict[str, Any]) -> str:
+    extra = sorted(set(seen) - set(truth))
+    missing = sorted(set(truth) - set(seen))
+    wrong = sorted(k for k in set(seen) & set(truth) if seen[k] != truth[k])
+    return f"extra {extra}, missing {missing}, wrong " + ", ".join(
+        f"{k}: {seen[k]} != {truth[k]}" for k in wrong[:5]
+    )
