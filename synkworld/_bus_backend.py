@@ -62,10 +62,17 @@ class Append:
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """What became of one append; `epoch` is the new one when the lease was handed over."""
+    """What became of one append.
+
+    `epoch` is the new one when the lease was handed over; for a FENCED append,
+    `holder` is the node that holds the lease and `epoch` its epoch (the
+    appender itself, when it took the lease again while the append was on
+    its way).
+    """
 
     status: AppendStatus
     epoch: int | None = None
+    holder: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,14 +43,19 @@ class SnapshotsAt(Protocol):
 class ClusterFrames:
     """`SharedFrames` with the rule above for the keys a session starts to hold."""
 
-    __slots__ = ("_get", "_snaps")
+    __slots__ = ("_batches", "_snaps")
 
     def __init__(self, batches: Mapping[str, bytes], snapshots: SnapshotsAt) -> None:
-        self._get = batches.get
+        self._batches = batches
         self._snaps = snapshots
 
     def tick_frame(self, tick: int, session: Session) -> bytes | None:
-        parts = list(filter(None, map(self._get, session.held)))
+        # In key order: a set's order differs between processes (string hashing is
+        # salted per process), and twins on two processes must get the same bytes.
+        batches = self._batches
+        keys = [k for k in session.held if k in batches]
+        keys.sort()
+        parts = [batches[k] for k in keys]
         if not session.wanted_changed:
             return encode_tick(tick, parts, _NONE, _NONE, _NONE)
         added, removed = session.subscription_change()

@@ -51,7 +51,7 @@ from synkworld._metrics import families
 from synkworld._regions import RegionMap, assign
 from synkworld._sessions import Session
 from synkworld._world import World
-from synkworld.store import Region, Store
+from synkworld.store import Store
 from synkworld.store._write_behind import ELSEWHERE, Elsewhere, WriteBehindStatistics
 
 __all__ = ["ClusterNode", "ClusterSettings", "EpochStampedSource", "LostWindow", "region_loader"]
@@ -123,10 +123,18 @@ class EpochStampedSource:
         docs = self.world.documents(ids)
         epoch_of = self.port.epoch_of
         out: dict[str, dict[str, Any] | Elsewhere | None] = {}
+        departed = self.port.departed
         for oid, doc in docs.items():
             if doc is None:
-                out[oid] = ELSEWHERE
+                # Handed over: written once more as it left (see ClusterPort.departed).
+                out[oid] = departed.get(oid, ELSEWHERE)
                 continue
+            obj = self.world.get(oid)
+            standing = self.world.published_key(obj) if obj is not None else None
+            if standing is not None:
+                # Where it stands for its subscribers (and for a takeover's load), not
+                # where its position is: they differ while it waits at a border.
+                doc["key"] = standing
             if isinstance(doc.get("key"), str):
                 doc["ep"] = epoch_of(oid, doc["key"], None)
             out[oid] = doc
@@ -652,16 +660,19 @@ class ClusterNode:
 def region_loader(
     store: Store, regions: RegionMap, channel_keys: Collection[str] = ()
 ) -> Callable[[str], Awaitable[list[dict[str, Any]]]]:
-    """What a takeover calls to load a region's objects from the store."""
+    """What a takeover calls to load a region's objects from the store.
+
+    By key, not by position: an object waiting at a border stands (and is
+    stored, see `EpochStampedSource`) under a key of its own region while its
+    position is already in the next one, which must not load it too.
+    """
 
     async def load(region: str) -> list[dict[str, Any]]:
-        box = regions.box(region)
-        if box is None:
+        if regions.box(region) is None:
             keys = [k for k in channel_keys if regions.region_of(k) == region]
-            return await store.load(keys=keys) if keys else []
-        return await store.load(
-            region=Region(box.map, box.x0, box.y0, box.x1, box.y1, box.pos_fields)
-        )
+        else:
+            keys = regions.keys_in(region)
+        return await store.load(keys=keys) if keys else []
 
     return load
 

@@ -140,6 +140,10 @@ class ClusterPort(BusPort):
         self._acks: dict[str, list[tuple[str, str, str, int]]] = {}
         self._outbox: dict[str, _Sent] = {}
         self.unheld: set[str] = set()  # owned regions whose lease an append found nobody's
+        # The documents objects left with in handovers, for this process's last write of
+        # them: the store then has them in their new region, should their adopter die
+        # before writing them (a takeover loads that region).
+        self.departed: dict[str, dict[str, Any]] = {}
         # Until when each owned region's lease is surely still ours (store writes wait after).
         self.valid_until: dict[str, float] = {}
         self._released_recently: dict[str, float] = {}
@@ -159,7 +163,7 @@ class ClusterPort(BusPort):
         self._tick = 0
         self._snaps: dict[str, bytes] = {}
         self._incoming: dict[str, list[dict[str, Any]]] = {}
-        self._adopt: list[tuple[dict[str, Any], str, str, int, bool]] = []
+        self._adopt: list[tuple[dict[str, Any], str, str, int, bool, bool]] = []
         self._arrivals: list[Entry] = []
         self._wants: dict[str, set[str]] = {}
         self._asked: dict[str, dict[str, int]] = {}  # sid -> key -> tick first wanted
@@ -373,6 +377,7 @@ class ClusterPort(BusPort):
         self._bytes_out += sum(len(k) + len(v) for a in appends for k, v in a.fields.items())
         statuses: list[AppendStatus | None]
         epochs: list[int | None]
+        holders: list[str | None]
         started = self.clock()
         if appends:
             self._appends += 1
@@ -380,6 +385,7 @@ class ClusterPort(BusPort):
                 results = await self.backend.append(self.node, appends)
                 statuses = [r.status for r in results]
                 epochs = [r.epoch for r in results]
+                holders = [r.holder for r in results]
                 self.bus_up = True
             except BusUnavailableError as e:
                 if self.bus_up:
@@ -388,13 +394,15 @@ class ClusterPort(BusPort):
                 self._append_failures += 1
                 statuses = [None] * len(appends)
                 epochs = [None] * len(appends)
+                holders = [None] * len(appends)
             self._append_s += self.clock() - started
         else:
-            statuses, epochs = [], []
+            statuses, epochs, holders = [], [], []
 
         published = _Published(n, changes.batches.data)
         failed: set[str] = set()
-        for a, status, epoch in zip(appends, statuses, epochs, strict=True):
+        retaken: dict[str, int] = {}
+        for a, status, epoch, holder in zip(appends, statuses, epochs, holders, strict=True):
             r = a.region
             sent = by_region.get(r, [])
             if status is AppendStatus.OK:
@@ -408,6 +416,7 @@ class ClusterPort(BusPort):
                         docs_by_id[h.id], h.key, n, dest.epoch if dest else None, now
                     )
                     self._released_recently[h.id] = now
+                    self.departed[h.id] = docs_by_id[h.id]
                 if r in migrating:
                     to, docs = migrating[r]
                     ids = [d["_id"] for d in docs]
@@ -433,7 +442,11 @@ class ClusterPort(BusPort):
                 failed.update(h.id for h in sent)
                 if r in migrating:
                     self._undo_migration(migrating[r][1])
-                if status is AppendStatus.UNHELD:
+                if status is AppendStatus.FENCED and holder == self.node and epoch:
+                    # This process took the lease again (upkeep, after the medium lost
+                    # it) while the append was on its way: still ours, at a new epoch.
+                    retaken[r] = epoch
+                elif status is AppendStatus.UNHELD:
                     # Nobody's lease: the medium lost it, or it ran out while this
                     # process stalled. The world is still right; upkeep takes it again
                     # (or loses it to a takeover). Readers see a gap meanwhile.
@@ -447,6 +460,7 @@ class ClusterPort(BusPort):
             self._released_recently = {
                 i: t for i, t in self._released_recently.items() if t >= horizon
             }
+            self.departed = {i: d for i, d in self.departed.items() if i in self._released_recently}
         # Objects in limbo stay out of the world until their append's fate is known.
         limbo_ids = {h.id for hs in self._limbo.values() for h in hs}
         restored = self.world.settle_handovers(failed - limbo_ids, limbo_ids)
@@ -456,6 +470,8 @@ class ClusterPort(BusPort):
         for h in changes.outgoing:
             if h.id in failed:
                 self._owe_keys({h.key, *(k for k in [h.entry.get("from")] if k)})
+        if retaken:
+            self.renewed(retaken)
         fenced = [r for r in published.fenced if r in self.owned]
         if fenced:
             self.lose(fenced, "fenced: another process holds the lease")
@@ -595,13 +611,14 @@ class ClusterPort(BusPort):
         return TickDelivery(tick, merged, self, ClusterFrames(merged, self))
 
     def _waited(self) -> list[str]:
-        """The regions whose entry of a tick frames wait for: held elsewhere, not late."""
+        """The regions whose entry of a tick frames wait for (until the deadline): held elsewhere.
+
+        Late ones too: a late region recovers with its first entry on time, and a
+        reader that did not wait for it would read before its owner appended, for
+        ever (a gateway, with nothing to append, reads at the very start of a tick).
+        """
         me = self.node
-        return [
-            r
-            for r, lease in self.holders.items()
-            if lease.node != me and r not in self._late and r not in self.owned
-        ]
+        return [r for r, lease in self.holders.items() if lease.node != me and r not in self.owned]
 
     async def _read_until(self, tick: int) -> None:
         deadline = self.deadline(tick)
@@ -657,9 +674,9 @@ class ClusterPort(BusPort):
         if not on_time and entry.incoming:
             self._owe_keys(set(entry.incoming))
         for doc in entry.handovers:
-            self._adopt.append((doc, doc["key"], region, entry.tick, False))
+            self._adopt.append((doc, doc["key"], region, entry.tick, False, not on_time))
         for doc in entry.resent:
-            self._adopt.append((doc, doc["key"], region, entry.tick, True))
+            self._adopt.append((doc, doc["key"], region, entry.tick, True, not on_time))
         if entry.handed_to is not None and entry.new_epoch is not None:
             self._expect[region] = entry.new_epoch
             self.holders[region] = Lease(entry.handed_to, entry.new_epoch)
@@ -738,7 +755,7 @@ class ClusterPort(BusPort):
             self._arrive(entry)
         self._arrivals = []
         world = self.world
-        for doc, key, src_region, src_tick, resent in self._adopt:
+        for doc, key, src_region, src_tick, resent, late in self._adopt:
             dest = self._region(key)
             if dest not in self.owned:
                 continue
@@ -754,7 +771,14 @@ class ClusterPort(BusPort):
             except DocumentError as e:
                 log.error("could not adopt object %r handed over into %s: %s", oid, key, e)
                 continue
-            self.object_epoch[oid] = int(ep)
+            # Above the source's: its last write of the object (`departed`) may land after
+            # this process's first, and must then be fenced.
+            self.object_epoch[oid] = int(ep) + 1
+            self.departed.pop(oid, None)
+            if late:
+                # Its add came too late for this tick's frames, and a resync of its key
+                # this tick could not show it yet: the next one does.
+                self._owe_keys({key})
             self._adopted_n += 1
             ack.append((oid, key, src_region, src_tick))
         self._adopt = []

@@ -195,10 +195,11 @@ class MemoryBackend(BusBackend):
         for e in entries:
             region = e.region
             held = hub._lease(region)
+            if held is None:
+                out.append(AppendResult(AppendStatus.UNHELD))
+                continue
             if held != (node, e.epoch):
-                out.append(
-                    AppendResult(AppendStatus.UNHELD if held is None else AppendStatus.FENCED)
-                )
+                out.append(AppendResult(AppendStatus.FENCED, held[1], held[0]))
                 continue
             stream = hub._streams.setdefault(region, _Stream())
             if e.tick <= stream.last_tick:

@@ -84,7 +84,7 @@ return 1
 _APPEND = """
 local held = redis.call('GET', KEYS[1])
 if not held then return {'UNHELD', 0} end
-if held ~= ARGV[1] then return {'FENCED', 0} end
+if held ~= ARGV[1] then return {'FENCED', 0, held} end
 local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
 local prev = '-1'
 if #last > 0 then
@@ -213,9 +213,14 @@ class RedisBackend(BusBackend):
                 )
             results = await pipe.execute()
         out = []
-        for status, epoch in results:
-            ne = int(epoch)
-            out.append(AppendResult(AppendStatus(_text(status).lower()), ne if ne else None))
+        for reply in results:
+            status = AppendStatus(_text(reply[0]).lower())
+            if status is AppendStatus.FENCED and len(reply) > 2:
+                holder, _, held_epoch = _text(reply[2]).rpartition("|")
+                out.append(AppendResult(status, int(held_epoch), holder))
+                continue
+            ne = int(reply[1])
+            out.append(AppendResult(status, ne if ne else None))
         return out
 
     async def has_entry(self, region: str, tick: int) -> bool:

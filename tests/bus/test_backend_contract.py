@@ -74,6 +74,8 @@ async def test_appends_are_fenced_by_the_lease_and_a_tick_is_written_once(kind: 
         )
     )
     assert statuses == [AppendStatus.OK, AppendStatus.OK, AppendStatus.FENCED]
+    (fenced,) = await a.append("a", [ap("r2", ea, 2, fields("x"))])
+    assert (fenced.holder, fenced.epoch) == ("b", eb)
     assert st(await a.append("a", [ap("r1", ea, 2, fields("again"))])) == [AppendStatus.DUPLICATE]
     assert st(await a.append("a", [ap("r1", ea + 100, 3, fields("3"))])) == [AppendStatus.FENCED]
     # Nobody's lease (expired, or lost with the medium's data): the appender may take it again.

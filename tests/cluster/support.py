@@ -26,9 +26,15 @@ from synkworld import (
     TickLoop,
     World,
 )
-from synkworld._cluster._node import ClusterNode, ClusterSettings, EpochStampedSource
+from synkworld._cluster._node import (
+    ClusterNode,
+    ClusterSettings,
+    EpochStampedSource,
+    region_loader,
+)
+from synkworld._regions import RegionMap
 from synkworld.bus import MemoryHub
-from synkworld.store import MemoryStore, Region
+from synkworld.store import MemoryStore
 from synkworld.testing import FakeClock, ReferenceClient, world_truth
 
 CELL = 10.0
@@ -101,21 +107,13 @@ class InProcessCluster:
         )
         holder: list[TickLoop] = []
 
-        async def load(region: str) -> list[dict[str, Any]]:
-            box = node.regions.box(region)
-            if box is None:
-                return []
-            return await self.store.load(
-                region=Region(box.map, box.x0, box.y0, box.x1, box.y1, box.pos_fields)
-            )
-
         node = ClusterNode(
             world,
             self.hub.backend(name),
             settings=settings,
             tick_rate_hz=RATE,
             node=name,
-            load=load,
+            load=region_loader(self.store, RegionMap(world.grid, region_cells=self.region_cells)),
             sessions=lambda: holder[0].sessions.values(),
             clock=self.clock,
             wall=lambda: self.clock() + 1_700_000_000.0,

@@ -238,3 +238,40 @@ async def test_a_leaving_owner_hands_its_regions_over_with_no_resync() -> None:
     assert set(cluster.ids()) == ids
     assert resyncs(staying) == 0
     assert all(c.mirror.violations == 0 for c in staying)
+
+
+async def test_an_object_handed_to_an_owner_that_dies_before_writing_it_survives() -> None:
+    cluster = InProcessCluster(owners=2, flush_every=10**6)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 38.0, 45.0)]))
+    await cluster.start()
+    p0, p1 = cluster.procs
+    assert p0.node.port.owns("main:3:4") and p1.node.port.owns("main:4:4")
+
+    def cross(n: int) -> None:
+        obj = cluster.find("w1")
+        assert isinstance(obj, Walker)
+        if obj.x < 40.0:
+            p0.world.move(obj, 41.0, obj.y)
+
+    await cluster.run(2, before_tick=cross)
+    assert p1.world.get("w1") is not None
+    # The source wrote it as it left; the adopter never wrote it, and dies.
+    await p0.persistence.flush()
+    await cluster.kill(p1)
+    await cluster.run(4 * TTL_TICKS)
+    survivor = p0.world.get("w1")
+    assert isinstance(survivor, Walker) and survivor.x == 41.0
+
+
+@pytest.mark.parametrize("down_ticks", [1, 3, 8])
+async def test_a_restarted_bus_is_away_then_empty_and_loses_nothing(down_ticks: int) -> None:
+    cluster, _clients, rng = await walking(walkers=60)
+    ids = set(cluster.ids())
+    for p in cluster.procs:
+        cluster.hub.disconnect(p.name)
+    await cluster.run(down_ticks, before_tick=lambda n: walk(cluster, rng), check=True, twins=False)
+    cluster.hub.wipe()
+    for p in cluster.procs:
+        cluster.hub.reconnect(p.name)
+    await recover(cluster, rng, ticks=4 * TTL_TICKS)
+    assert set(cluster.ids()) == ids
