@@ -56,6 +56,7 @@ from synkworld._tick import TickLoop, TickPhases, TickStatistics
 from synkworld._world import TickChanges, World, WorldStatistics
 
 if TYPE_CHECKING:
+    from synkworld._cluster._node import ClusterNode, ClusterSettings, LostWindow
     from synkworld._persistence import LoadReport, Persistence, load_documents
     from synkworld._server import Server, request_token
 
@@ -64,6 +65,9 @@ __version__ = "0.1.0"
 # The transport is loaded on first use, so that the core (`synkworld._grid`, …)
 # can be imported without aiohttp: tests/test_layering.py checks that.
 _LAZY = {
+    "ClusterNode": "synkworld._cluster._node",
+    "ClusterSettings": "synkworld._cluster._node",
+    "LostWindow": "synkworld._cluster._node",
     "LoadReport": "synkworld._persistence",
     "Persistence": "synkworld._persistence",
     "load_documents": "synkworld._persistence",
@@ -103,6 +107,8 @@ __all__ = [
     "BusPort",
     "BusUnavailableError",
     "Call",
+    "ClusterNode",
+    "ClusterSettings",
     "ConfigError",
     "DeclarationError",
     "DeliveryReport",
@@ -119,6 +125,7 @@ __all__ = [
     "Limits",
     "LoadReport",
     "LocalBus",
+    "LostWindow",
     "Mirror",
     "NoHandlerError",
     "Persistence",

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from synkworld._errors import ConfigError
+from synkworld._cluster._node import ClusterSettings
+from synkworld._errors import BusUnavailableError, ConfigError
 from synkworld._limits import Limits
 from synkworld._server import Server
 
-__all__ = ["ServeOptions", "load_factory", "main"]
+__all__ = ["ServeOptions", "join_cluster", "load_factory", "main"]
 
 log = logging.getLogger("synkworld")
 
@@ -31,6 +32,19 @@ class ServeOptions:
     tick_rate_hz: float | None
     limits: dict[str, Any]
     compression: bool = False
+    redis: str | None = None
+    """A Redis URL: serve one map with the other processes on it (with `world`)."""
+    world: str = "default"
+    gateway: bool = False
+    """In a cluster, own no regions: only serve clients."""
+    node: str | None = None
+    region_cells: int | None = None
+    lease_ttl_s: float | None = None
+
+    @property
+    def clustered(self) -> bool:
+        """Several processes share the map (the factory should start its world empty)."""
+        return self.redis is not None
 
 
 _LIMIT_TYPES = {
@@ -75,11 +89,52 @@ def _add_serve_flags(p: argparse.ArgumentParser, *, port: int) -> None:
         "for few clients or slow links) [SYNKWORLD_COMPRESSION]",
     )
     p.add_argument("--log-level", default=_env("log_level", "INFO"), help="[SYNKWORLD_LOG_LEVEL]")
+    p.add_argument(
+        "--redis",
+        default=_env("redis"),
+        help="a Redis URL: share one map with every process on it and --world [SYNKWORLD_REDIS]",
+    )
+    p.add_argument(
+        "--world",
+        default=_env("world", "default"),
+        help="the shared map's name in Redis [SYNKWORLD_WORLD]",
+    )
+    p.add_argument(
+        "--gateway",
+        action="store_true",
+        default=(_env("gateway", "") or "").lower() in ("1", "true", "yes"),
+        help="with --redis: own no regions, only serve clients [SYNKWORLD_GATEWAY]",
+    )
+    p.add_argument("--node", default=_env("node"), help="this process's name in the cluster")
+    p.add_argument(
+        "--region-cells",
+        type=int,
+        default=int(v) if (v := _env("region_cells")) else None,
+        help="with --redis: a region is N x N cells (default 8; every process the same)",
+    )
+    p.add_argument(
+        "--lease-ttl-s",
+        type=float,
+        default=float(v) if (v := _env("lease_ttl_s")) else None,
+        help="with --redis: how long a silent owner keeps its regions (default 5)",
+    )
 
 
 def _options(a: argparse.Namespace) -> ServeOptions:
     limits = {n: getattr(a, n) for n in _LIMIT_TYPES if getattr(a, n) is not None}
-    return ServeOptions(a.host, a.port, a.tick_rate_hz, limits, compression=a.compression)
+    return ServeOptions(
+        a.host,
+        a.port,
+        a.tick_rate_hz,
+        limits,
+        compression=a.compression,
+        redis=a.redis,
+        world=a.world,
+        gateway=a.gateway,
+        node=a.node,
+        region_cells=a.region_cells,
+        lease_ttl_s=a.lease_ttl_s,
+    )
 
 
 def load_factory(spec: str) -> Any:
@@ -111,12 +166,35 @@ async def build_server(factory: Any, options: ServeOptions) -> Server:
         limits=replace(server.limits, **options.limits) if options.limits else None,
         compression=True if options.compression else None,
     )
+    if options.redis is not None:
+        join_cluster(server, options)
     return server
+
+
+def join_cluster(server: Server, options: ServeOptions) -> None:
+    """Joins the map shared through `options.redis` (the `redis` extra must be installed)."""
+    assert options.redis is not None
+    try:
+        from synkworld.bus.redis import RedisBackend
+    except ImportError as e:
+        raise ConfigError(
+            f"--redis needs the redis package: pip install 'synkworld[redis]' ({e})"
+        ) from None
+    settings = ClusterSettings(owner=not options.gateway)
+    if options.region_cells:
+        settings = replace(settings, region_cells=options.region_cells)
+    if options.lease_ttl_s:
+        settings = replace(settings, lease_ttl_s=options.lease_ttl_s)
+    backend = RedisBackend(options.redis, options.world)
+    server.join_cluster(backend, settings=settings, node=options.node)
 
 
 async def _serve(spec: str, options: ServeOptions) -> None:
     server = await build_server(load_factory(spec), options)
-    await server.serve_forever(options.host, options.port)
+    try:
+        await server.serve_forever(options.host, options.port)
+    except BusUnavailableError as e:
+        raise ConfigError(f"cannot reach the cluster's Redis at {options.redis}: {e}") from None
 
 
 def _from_checkout(command: str, rest: list[str]) -> int:

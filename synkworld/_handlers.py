@@ -66,13 +66,14 @@ class Call:
         """Tells whether this process owns `key` (always, unless several share the map)."""
         return self.forwarder is None or self.forwarder.owns(key)
 
-    async def forward(self, key: str) -> Any:
+    async def forward(self, key: str, args: Mapping[str, Any] | None = None) -> Any:
         """Runs this call on the process that owns `key`, whose tick carries its effect.
 
         For a handler that changes an object this process does not own (several
         processes on one map): the owner runs the same handler with the same
         arguments, and its result (or error) is this call's. Raises
-        `HandlerFailedError` when there is no one to forward to.
+        `HandlerFailedError` when there is no one to forward to. `args` replaces
+        the call's arguments (to add what only this process knows).
         """
         if self.forwarder is None:
             raise HandlerFailedError(f"{self.name}: one process owns the whole map here")
@@ -80,7 +81,9 @@ class Call:
             raise HandlerFailedError(
                 f"{self.name}: {key!r} is not owned by the process this call was forwarded to"
             )
-        return await self.forwarder.forward(key, self.name, self.args, self.session)
+        return await self.forwarder.forward(
+            key, self.name, self.args if args is None else args, self.session
+        )
 
 
 Handler = Callable[..., Any]

@@ -10,7 +10,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +18,17 @@ import orjson
 from aiohttp import web
 from prometheus_client.core import Metric
 
+from synkworld._bus_backend import BusBackend
 from synkworld._client_files import CLIENT_PATHS, ClientFile, client_file
 from synkworld._client_protocol import ClientProtocol, RunCall
+from synkworld._cluster._node import (
+    ClusterNode,
+    ClusterSettings,
+    EpochStampedSource,
+    region_loader,
+)
 from synkworld._connection import Connection, Dispatch
-from synkworld._errors import ConfigError, ProtocolError, RefusedError
+from synkworld._errors import ConfigError, ProtocolError, RefusedError, StoreError
 from synkworld._handlers import Call, Handler, HandlerRegistry
 from synkworld._http_guard import AcceptErrorFilter, GuardedSite, default_max_connections
 from synkworld._limits import Limits
@@ -126,9 +133,11 @@ class Server:
         self._shutdown_hooks: list[Callable[[], Awaitable[None]]] = []
         self._connections: dict[str, Connection] = {}
         self.persistence: Persistence | None = None
+        self.cluster: ClusterNode | None = None
         self._metric_sources: list[MetricsSource] = [self._metric_families]
         self.metrics.registry.register(StatisticsCollector(self._metric_sources))
         self._accepting = False
+        self._on_tick_failure: Callable[[], None] | None = None
         self._site: GuardedSite | None = None
         self.url: str | None = None
         self._dispatch = Dispatch(
@@ -180,6 +189,78 @@ class Server:
         self.add_metrics(self.persistence.metric_families)
         return self.persistence
 
+    def join_cluster(
+        self,
+        backend: BusBackend,
+        *,
+        settings: ClusterSettings | None = None,
+        node: str | None = None,
+    ) -> ClusterNode:
+        """Serves one map with every process on `backend` (a Redis URL and world name).
+
+        Owners (`settings.owner`) take regions of the map by lease, load their
+        objects from the server's store (`persist`), simulate and write them;
+        a gateway only serves clients. The world starts empty: every object
+        comes from the store when its region is taken, so seed the store, not
+        the world. Call before the server runs. See docs/cluster.md.
+        """
+        if self._site is not None:
+            raise ConfigError("join a cluster before the server runs")
+        if self.cluster is not None:
+            raise ConfigError("the server is already in a cluster")
+        if len(self.world):
+            raise ConfigError(
+                f"the world holds {len(self.world)} objects: in a cluster each process "
+                "loads the regions it owns from the store, so start it empty and seed the store"
+            )
+        settings = settings or ClusterSettings()
+        cluster = ClusterNode(
+            self.world,
+            backend,
+            settings=settings,
+            tick_rate_hz=self.loop.tick_rate_hz,
+            node=node,
+            load=self._load_region,
+            sessions=lambda: self.loop.sessions.values(),
+            clock=self.loop.clock,
+        )
+        self.loop.port = cluster.port
+        cluster.run_call = self._run_forwarded
+        self.cluster = cluster
+        self.add_metrics(cluster.metric_families)
+        return cluster
+
+    async def _load_region(self, region: str) -> list[dict[str, Any]]:
+        if self.persistence is None or self.cluster is None:
+            return []
+        load = region_loader(
+            self.persistence.store, self.cluster.regions, self.cluster.settings.channel_keys
+        )
+        return await load(region)
+
+    async def _run_forwarded(
+        self, name: str, args: Mapping[str, Any], sid: str, identity: Any
+    ) -> Any:
+        # A call another process forwarded here: its session lives there.
+        session = Session(sid, self.world.grid, identity=identity, limits=self.limits)
+        call = Call(
+            name, identity, session, self.world, args=args, forwarder=self.cluster, forwarded=True
+        )
+        return await self.handlers.call(call, args)
+
+    def _wire_cluster(self, cluster: ClusterNode) -> None:
+        if self.persistence is None:
+            if cluster.settings.owner:
+                log.warning(
+                    "an owner without a store: regions taken over start empty and "
+                    "nothing survives a crash (call server.persist)"
+                )
+            return
+        writer = self.persistence.writer
+        writer.guard(EpochStampedSource(self.world, cluster.port), cluster.write_gate)
+        cluster.port.forget = writer.forget
+        cluster.write_state = writer.statistics
+
     def configure(
         self,
         *,
@@ -197,6 +278,8 @@ class Server:
         if tick_rate_hz is not None:
             if not tick_rate_hz > 0:
                 raise ConfigError("tick_rate_hz must be positive")
+            if self.cluster is not None and tick_rate_hz != self.loop.tick_rate_hz:
+                raise ConfigError("the tick rate is the cluster's: set it before join_cluster")
             self.loop.tick_rate_hz = float(tick_rate_hz)
         if limits is not None:
             self.limits = limits
@@ -242,7 +325,14 @@ class Server:
         return allowed
 
     async def _run_call(self, session: Session, request: RunCall) -> Any:
-        call = Call(request.name, session.identity, session, self.world)
+        call = Call(
+            request.name,
+            session.identity,
+            session,
+            self.world,
+            args=request.args,
+            forwarder=self.cluster,
+        )
         # Clients name the handler: only registered names become labels.
         label = request.name if request.name in self.handlers else "(unknown)"
         started = time.perf_counter()
@@ -323,7 +413,14 @@ class Server:
         return response
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        body = {"ok": True, "tick": self.world.tick, "clients": len(self._connections)}
+        body: dict[str, Any] = {
+            "ok": True,
+            "tick": self.world.tick,
+            "clients": len(self._connections),
+        }
+        if self.cluster is not None:
+            body["node"] = self.cluster.node
+            body["regions"] = len(self.cluster.port.owned)
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -568,7 +665,14 @@ class Server:
                 # Entered before the tick starts, left after the last tick and the
                 # last frames: the final flush sees every change.
                 await stack.enter_async_context(self.persistence)
+            if self.cluster is not None:
+                self._wire_cluster(self.cluster)
+                await self.cluster.start()
+                self.cluster.spawn()
+                stack.push_async_callback(self.cluster.close)
             ticking = asyncio.create_task(self.loop.run()) if self.autotick else None
+            if ticking is not None:
+                ticking.add_done_callback(self._tick_loop_done)
             try:
                 yield self.url
             finally:
@@ -578,9 +682,24 @@ class Server:
                     if ticking is not None and not ticking.done():
                         ticking.cancel()
 
+    def _tick_loop_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # Said at once, not at shutdown: a server that no longer ticks must not look alive.
+        log.critical("the tick loop stopped", exc_info=task.exception())
+        self._accepting = False
+        if self._on_tick_failure is not None:
+            self._on_tick_failure()
+
     async def _shutdown(self, site: GuardedSite, ticking: asyncio.Task[None] | None) -> None:
         self._accepting = False
         await site.stop()
+        if self.cluster is not None and ticking is not None and not ticking.done():
+            # Regions migrate at ticks: hand them over while still ticking.
+            try:
+                await self.cluster.leave(timeout_s=self.cluster.settings.leave_timeout_s)
+            except Exception:
+                log.exception("leaving the cluster failed; its regions will be taken over")
         self.loop.stop()
         if ticking is not None:
             await ticking
@@ -595,6 +714,14 @@ class Server:
                 await hook()
             except Exception:
                 log.exception("shutdown hook %r failed", hook)
+        if self.cluster is not None and self.cluster.port.owned and self.persistence is not None:
+            # Regions nobody took: written before their leases go, so that whoever
+            # takes them over loads the last state.
+            try:
+                async with asyncio.timeout(self.persistence.shutdown_flush_timeout_s):
+                    await self.persistence.flush()
+            except (TimeoutError, StoreError) as e:
+                log.error("regions released before their last changes were written: %s", e)
         log.info("stopped at tick %d", self.world.tick)
 
     async def serve_forever(
@@ -626,6 +753,7 @@ class Server:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
+        self._on_tick_failure = stop.set
         try:
             async with self.running(host, port) as url:
                 if ready is not None:
