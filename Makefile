@@ -1,5 +1,5 @@
 # synkworld's commands. Each one sets up what it needs first (see scripts/bootstrap.sh).
-.PHONY: test demo bench lint venv clean
+.PHONY: test demo demo-cluster bench lint venv clean
 
 PORT ?= 8080
 AGENTS ?= 3000
@@ -11,6 +11,9 @@ test:            ## the whole suite: lint, types, web/ tests, pytest (FerretDB, 
 demo:            ## the demo map at http://127.0.0.1:$(PORT)/ with the embedded SQLite store
 	scripts/bootstrap.sh python
 	.venv/bin/python -m examples.map_demo --port $(PORT) --agents $(AGENTS) $(ARGS)
+
+demo-cluster:    ## the demo map on two processes sharing it through a redis-server of its own
+	PORT=$(PORT) scripts/demo-cluster.sh --agents $(AGENTS) $(ARGS)
 
 bench:           ## the grid-world load test; results in bench/results/
 	scripts/bootstrap.sh python

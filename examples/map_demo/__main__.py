@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 
-from examples.map_demo.app import make_demo_server, open_store
+from examples.map_demo.app import Shared, make_demo_server, open_store
 from examples.map_demo.world import DemoSettings
 
 
@@ -27,6 +27,15 @@ def main() -> None:
         action="store_true",
         help="acknowledge pins before they are stored (to measure what durability costs)",
     )
+    p.add_argument(
+        "--redis", default=None, metavar="URL", help="share the map with other processes"
+    )
+    p.add_argument("--world", default="demo", help="with --redis: the shared map's name")
+    p.add_argument("--gateway", action="store_true", help="with --redis: own no regions")
+    p.add_argument("--node", default=None, help="with --redis: this process's name")
+    p.add_argument(
+        "--region-cells", type=int, default=4, help="with --redis: a region is N x N cells"
+    )
     a = p.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -42,7 +51,8 @@ def main() -> None:
 
     async def run() -> None:
         store = await open_store(a.db, a.mongo)
-        server = await make_demo_server(settings, store, test_hooks=a.test_hooks)
+        shared = Shared(a.redis, a.world, a.gateway, a.node, a.region_cells) if a.redis else None
+        server = await make_demo_server(settings, store, test_hooks=a.test_hooks, shared=shared)
         await server.serve_forever(
             a.host,
             a.port,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import dataclass
 
@@ -13,11 +14,14 @@ from synkworld import (
     Call,
     ForbiddenError,
     GridMap,
+    ProtocolError,
     Server,
     Session,
     SynkObject,
     World,
 )
+
+log = logging.getLogger("synkworld.demo")
 
 KINDS = ("ship", "whale", "gull", "buoy-tender", "kayak")
 NAMES = ("Ada", "Bo", "Cy", "Di", "Eli", "Fay", "Gus", "Hal", "Ivy", "Jo", "Kit", "Lu", "Mo", "Nia")
@@ -86,21 +90,54 @@ class DemoSettings:
 
 
 class Wanderers:
-    """Moves every agent each tick with numpy: a slow random turn, bouncing at the edges."""
+    """Moves every agent each tick with numpy: a slow random turn, bouncing at the edges.
 
-    def __init__(self, world: World, agents: list[Agent], size: float, seed: int) -> None:
+    With `dynamic`, the agents are whichever the world holds this tick: on a
+    map that several processes share, agents come and go as they cross into
+    and out of the regions this process owns (their heading goes with them).
+    """
+
+    def __init__(
+        self,
+        world: World,
+        agents: list[Agent],
+        size: float,
+        seed: int,
+        *,
+        dynamic: bool = False,
+    ) -> None:
         self.world = world
-        self.agents = agents
         self.size = size
+        self.dynamic = dynamic
         self.rng = np.random.default_rng(seed)
-        self.slots = world.slots(agents)
-        self.heading = np.array([a.heading for a in agents])
-        self.speed = np.array([a.speed for a in agents])
+        self._use(agents)
         self._mood_clock = 0.0
 
+    def _use(self, agents: list[Agent], headings: dict[str, float] | None = None) -> None:
+        known = headings or {}
+        self.agents = agents
+        self.ids = [a.id for a in agents]
+        self.slots = self.world.slots(agents)
+        self.heading = np.array([known.get(a.id, a.heading) for a in agents], dtype=np.float64)
+        self.speed = np.array([a.speed for a in agents], dtype=np.float64)
+
+    def _refresh(self) -> None:
+        agents = [o for o in self.world if type(o) is Agent]
+        ids = [a.id for a in agents]
+        if ids == self.ids:
+            return
+        # Those that stay keep turning as they did; an arrival starts from the
+        # heading in its state (the one of its last change of mood: close enough,
+        # and writing every heading into the state would send it every tick).
+        self._use(agents, dict(zip(self.ids, self.heading.tolist(), strict=True)))
+
     def step(self, dt: float) -> None:
-        dt = min(dt, 0.25)  # after a stall, do not teleport
+        if self.dynamic:
+            self._refresh()
         n = len(self.agents)
+        if n == 0:
+            return
+        dt = min(dt, 0.25)  # after a stall, do not teleport
         self.heading += self.rng.normal(0.0, 0.6, n) * dt
         xs, ys = self.world.positions(self.slots)
         xs = xs + np.cos(self.heading) * self.speed * dt
@@ -160,26 +197,46 @@ def build_world(settings: DemoSettings) -> tuple[World, Wanderers]:
     return world, Wanderers(world, agents, s, settings.seed + 1)
 
 
+@dataclass(slots=True)
+class AvatarRef:
+    """A session's avatar, and where it was last seen (it may live on another process)."""
+
+    id: str
+    name: str
+    color: int
+    x: float
+    y: float
+
+
 def install(
     server: Server, settings: DemoSettings, wanderers: Wanderers, *, test_hooks: bool = False
 ) -> None:
-    """Adds the simulation, the avatars and the handlers to a server of the demo world."""
+    """Adds the simulation, the avatars and the handlers to a server of the demo world.
+
+    On a map that several processes share (`server.cluster`), a session's
+    avatar may walk into a region another process owns: steering it, and
+    removing it when the session ends, are forwarded to that process, found
+    from where the avatar was last seen. Markers are made by the owner of
+    the cell they are dropped in, which also makes them durable.
+    """
     world = server.world
     size = settings.map_size
-    avatars: dict[str, Avatar] = {}
+    grid_map = world.grid.default_map
+    avatars: dict[str, AvatarRef] = {}
     joined = itertools.count(1)
     server.simulation(wanderers.step)
 
     spawn = np.random.default_rng(settings.seed + 2)
 
-    def join(session: Session) -> Avatar | None:
+    def join(session: Session) -> AvatarRef | None:
         """The session's avatar, made when its page first says hello (not per connection)."""
-        avatar = avatars.get(session.sid)
-        if avatar is None and len(avatars) < MAX_AVATARS:
+        ref = avatars.get(session.sid)
+        if ref is None and len(avatars) < MAX_AVATARS:
             i = next(joined)
             # Spread around the middle of the map, so that players do not stack;
             # whole units, as the map's precision shows them.
             x, y = np.rint(size / 2 + spawn.uniform(-size / 8, size / 8, 2)).tolist()
+            # Made here even in a cell another process owns: it goes there at the tick.
             avatar = world.create(
                 Avatar(
                     id=f"avatar-{session.sid}",
@@ -190,59 +247,98 @@ def install(
                     y=y,
                 )
             )
-            avatars[session.sid] = avatar
-        return avatar
+            ref = avatars[session.sid] = AvatarRef(avatar.id, avatar.name, avatar.color, x, y)
+        return ref
 
-    def on_disconnect(session: Session) -> None:
-        avatar = avatars.pop(session.sid, None)
-        if avatar is not None and avatar.world is world:
+    async def on_disconnect(session: Session) -> None:
+        ref = avatars.pop(session.sid, None)
+        if ref is None:
+            return
+        avatar = world.get(ref.id)
+        if avatar is not None:
             world.delete(avatar)
+        elif server.cluster is not None:
+            try:
+                await server.cluster.forward(
+                    grid_map.key_of(ref.x, ref.y), "avatar_gone", {"avatar": ref.id}, session
+                )
+            except ProtocolError as e:
+                log.warning("could not remove avatar %s on its owner: %s", ref.id, e)
 
     server.on_disconnect = on_disconnect
 
     @server.handler("hello")
     def hello(call: Call) -> dict[str, object]:
         """Gives the tab its avatar (made now if it has none yet)."""
-        avatar = join(call.session)
-        return {"avatar": avatar.id if avatar else None, "players": len(avatars)}
+        ref = join(call.session)
+        return {"avatar": ref.id if ref else None, "players": len(avatars)}
 
     @server.handler("steer")
-    def steer(call: Call, avatar: str, dx: float, dy: float) -> dict[str, float]:
+    async def steer(call: Call, avatar: str, dx: float, dy: float) -> dict[str, float]:
         """Moves the caller's own avatar by at most 200 units."""
         target = world.get(avatar)
+        ref = avatars.get(call.session.sid)
+        if target is None and ref is not None and ref.id == avatar and not call.forwarded:
+            # It lives on the process that owns the cell it was last seen in.
+            moved = dict(await call.forward(grid_map.key_of(ref.x, ref.y)))
+            ref.x, ref.y = float(moved["x"]), float(moved["y"])
+            return moved
         if not isinstance(target, Avatar):
-            raise BadArgsError(f"no avatar {avatar!r}")
+            raise BadArgsError(f"no avatar {avatar!r} (crossing a border? try again)")
         if target.player != call.session.sid:
             raise ForbiddenError("that avatar belongs to another player")
         if math.hypot(dx, dy) > 200:
             raise BadArgsError("a step is at most 200 units")
         world.move(target, min(size, max(0.0, target.x + dx)), min(size, max(0.0, target.y + dy)))
+        if ref is not None:
+            ref.x, ref.y = target.x, target.y
         return {"x": target.x, "y": target.y}
+
+    @server.handler("avatar_gone")
+    def avatar_gone(call: Call, avatar: str) -> bool:
+        """Removes a player's avatar, for the process whose session ended (forwarded only)."""
+        target = world.get(avatar)
+        if not call.forwarded:
+            raise ForbiddenError("only the process of the avatar's session removes it")
+        if not isinstance(target, Avatar) or target.player != call.session.sid:
+            return False
+        world.delete(target)
+        return True
 
     # Durable: the page says a pin survives a restart, so the reply waits until
     # the pin is in the store (one write, a few milliseconds on SQLite).
     @server.handler("drop_marker", durable=settings.durable_pins)
-    def drop_marker(call: Call, x: float, y: float, label: str = "") -> dict[str, str]:
-        """Drops a marker on the map; markers are persisted before the reply."""
+    async def drop_marker(
+        call: Call, x: float, y: float, label: str = "", placed_by: str = "", color: int = -1
+    ) -> dict[str, str]:
+        """Drops a marker on the map; markers are persisted before the reply.
+
+        `placed_by` and `color` come only with a call forwarded from the
+        process of the player's session, which knows them.
+        """
         if not (0 <= x <= size and 0 <= y <= size):
             raise BadArgsError("the marker must be on the map")
         if len(label) > 40:
             raise BadArgsError("a label has at most 40 characters")
-        avatar = avatars.get(call.session.sid)
+        if (placed_by or color != -1) and not call.forwarded:
+            raise ForbiddenError("placed_by and color are the server's to say")
+        ref = avatars.get(call.session.sid)
+        if not call.forwarded:
+            placed_by = ref.name if ref else "someone"
+            color = ref.color if ref else 0xFFFFFF
+        key = grid_map.key_of(x, y)
+        if not call.owned_here(key):
+            # Made (and written) by the owner of its cell: durable there.
+            extra = {"placed_by": placed_by, "color": color}
+            return dict(await call.forward(key, {**call.args, **extra}))
         marker = world.create(
-            Marker(
-                label=label or "pin",
-                x=x,
-                y=y,
-                placed_by=avatar.name if avatar else "someone",
-                color=avatar.color if avatar else 0xFFFFFF,
-            )
+            Marker(label=label or "pin", x=x, y=y, placed_by=placed_by, color=color)
         )
         return {"id": marker.id}
 
     @server.handler("players")
     def players(call: Call) -> int:
-        """How many players are connected."""
+        """How many players are connected (to this process, on a shared map)."""
         return len(avatars)
 
     if test_hooks:

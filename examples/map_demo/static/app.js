@@ -175,6 +175,13 @@ function mapInfo() {
 }
 
 client.on("hello", () => {
+  // Which process serves this page (several may share the map): /healthz says.
+  fetch("/healthz")
+    .then((r) => r.json())
+    .then((h) => {
+      $("s-node").textContent = h.node ? `${h.node} (${h.regions} regions)` : "one process";
+    })
+    .catch(() => {});
   client
     .call("hello")
     .then((r) => {
