@@ -104,6 +104,12 @@ class ReadResult:
 class BusBackend(abc.ABC):
     """One process's connection to the medium of one shared world."""
 
+    @property
+    def losses(self) -> int:
+        """How many times this connection has seen the medium lose its data (a restart
+        without persistence): an entry missing after one may have been read before."""
+        return 0
+
     # -- the clock ------------------------------------------------------------------
 
     @abc.abstractmethod

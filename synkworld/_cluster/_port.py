@@ -58,6 +58,8 @@ class _Sent:
     dest_epoch: int | None
     sent_at: float
     resends: int = 0
+    shown: bool = True
+    """Its add was in frames (False: its append's fate was unknown, then taken as landed)."""
 
 
 @dataclass(slots=True)
@@ -146,9 +148,12 @@ class ClusterPort(BusPort):
         self.departed: dict[str, dict[str, Any]] = {}
         # Until when each owned region's lease is surely still ours (store writes wait after).
         self.valid_until: dict[str, float] = {}
-        self._released_recently: dict[str, float] = {}
+        # id -> (when, version) of objects handed away, to tell old resends from new ones.
+        self._released_recently: dict[str, tuple[float, int]] = {}
         # Handovers in appends whose outcome is unknown (the bus went during the call).
         self._limbo: dict[tuple[str, int], list[Handover]] = {}
+        # The lease's epoch and the medium's losses when each was appended.
+        self._limbo_epoch: dict[tuple[str, int], tuple[int, int]] = {}
 
         self._cursor: dict[str, int] = {}
         self._queued: dict[str, deque[Entry]] = {}
@@ -415,7 +420,7 @@ class ClusterPort(BusPort):
                     self._outbox[h.id] = _Sent(
                         docs_by_id[h.id], h.key, n, dest.epoch if dest else None, now
                     )
-                    self._released_recently[h.id] = now
+                    self._released_recently[h.id] = (now, int(h.document.get("v", 0)))
                     self.departed[h.id] = docs_by_id[h.id]
                 if r in migrating:
                     to, docs = migrating[r]
@@ -435,6 +440,7 @@ class ClusterPort(BusPort):
                 # Unknown: the append may have gone through. Decided once the bus is back.
                 if sent:
                     self._limbo[r, n] = sent
+                    self._limbo_epoch[r, n] = (a.epoch, self.backend.losses)
                 failed.update(h.id for h in sent)
                 if r in migrating:
                     self._limbo_migration(r, migrating[r][1])
@@ -455,10 +461,19 @@ class ClusterPort(BusPort):
                     self.unheld.add(r)
                 else:
                     published.fenced.add(r)
+        if first is not None and builders[first].resent:
+            carried = dict(zip((a.region for a in appends), statuses, strict=True)).get(first)
+            if carried is not AppendStatus.OK:
+                # The entry that carried them did not land: they go again next tick.
+                for doc in builders[first].resent:
+                    again = self._outbox.get(doc["_id"])
+                    if again is not None:
+                        again.sent_at -= self.resend_after_s
+                        again.resends -= 1
         if len(self._released_recently) > 10_000 or n % 200 == 0:
             horizon = self.clock() - 60.0
             self._released_recently = {
-                i: t for i, t in self._released_recently.items() if t >= horizon
+                i: t for i, t in self._released_recently.items() if t[0] >= horizon
             }
             self.departed = {i: d for i, d in self.departed.items() if i in self._released_recently}
         # Objects in limbo stay out of the world until their append's fate is known.
@@ -509,14 +524,28 @@ class ClusterPort(BusPort):
         self.bus_up = True
         for (region, tick), handovers in limbo.items():
             del self._limbo[region, tick]
+            epoch, losses = self._limbo_epoch.pop((region, tick), (None, None))
             ids = [h.id for h in handovers]
-            if landed[region, tick]:
+            # No entry says it did not land only if the medium kept its data: with the
+            # lease at the same epoch, it did. Otherwise (Redis restarted empty) the
+            # entry may have been read, and its objects adopted, before it was lost:
+            # taking them back would put them in two worlds. They go to the outbox
+            # instead, and reach their adopter by a resend if they never did.
+            lost_since = self.backend.losses != losses or self.owned.get(region) != epoch
+            if landed[region, tick] or lost_since:
                 for h in handovers:
                     dest = self.holders.get(self._region(h.key))
                     doc = dict(h.document)
                     doc["ep"] = self.epoch_of(h.id, h.key, h.entry.get("from"))
+                    # Sent again at the next tick: if it never reached its adopter, it
+                    # should not wait a resend interval out of every world.
                     self._outbox[h.id] = _Sent(
-                        doc, h.key, tick, dest.epoch if dest else None, self.clock()
+                        doc,
+                        h.key,
+                        tick,
+                        dest.epoch if dest else None,
+                        self.clock() - self.resend_after_s,
+                        shown=False,
                     )
                 self.world.decide_handovers(ids, landed=True)
                 continue
@@ -762,7 +791,9 @@ class ClusterPort(BusPort):
             oid = doc["_id"]
             ack = self._acks.setdefault(dest, [])
             # A resent handover of an object that came here and went on since is old news.
-            if oid in world or (resent and oid in self._released_recently):
+            released = self._released_recently.get(oid)
+            old_news = released is not None and int(doc.get("v", 0)) <= released[1]
+            if oid in world or (resent and old_news):
                 ack.append((oid, key, src_region, src_tick))
                 continue
             ep = doc.get("ep", 0)

@@ -222,6 +222,10 @@ class MemoryBackend(BusBackend):
         hub._notify()
         return out
 
+    @property
+    def losses(self) -> int:
+        return self.hub.generation
+
     async def has_entry(self, region: str, tick: int) -> bool:
         stream = self._enter()._streams.get(region)
         return stream is not None and any(r.tick == tick for r, _ in stream.entries)

@@ -133,6 +133,8 @@ class RedisBackend(BusBackend):
         self._redis: aioredis.Redis = aioredis.from_url(url, **client_options)
         self._scripts: dict[str, Any] = {}
         self._generation: bytes | None = None
+        self._losses = 0
+        self._losses_read = 0
 
     def _k(self, name: str) -> str:
         return self.prefix + name
@@ -223,8 +225,13 @@ class RedisBackend(BusBackend):
             out.append(AppendResult(status, ne if ne else None))
         return out
 
+    @property
+    def losses(self) -> int:
+        return self._losses
+
     async def has_entry(self, region: str, tick: int) -> bool:
         async with _errors():
+            await self._wiped()  # counted in `losses`, which the caller compares
             found = await self._redis.xrange(self._k(f"s:{region}"), f"{tick}-0", f"{tick}-0")
         return bool(found)
 
@@ -236,7 +243,9 @@ class RedisBackend(BusBackend):
             self._k(f"s:{r}"): (f"{cursors[r]}-0" if cursors[r] >= 0 else "0-0") for r in regions
         }
         async with _errors():
-            wiped = await self._wiped()
+            await self._wiped()
+            wiped = self._losses != self._losses_read
+            self._losses_read = self._losses
             # No BLOCK for a read that must not wait: Redis expires blocked reads
             # only when its event loop wakes (every 1/hz s, 100 ms by default), so
             # even BLOCK 1 can take that long. Entries wake a blocked read at once.
@@ -335,6 +344,7 @@ class RedisBackend(BusBackend):
             return False
         await self._redis.set(key, secrets.token_hex(8), nx=True)
         self._generation = _raw_or_none(await self._redis.get(key))
+        self._losses += 1
         return True
 
 

@@ -258,7 +258,12 @@ class InProcessCluster:
 
     def in_transit(self) -> dict[str, dict[str, Any]]:
         """Objects released by their source and not in any world yet."""
-        docs = {oid: sent.doc for p in self.live for oid, sent in p.node.port._outbox.items()}
+        docs = {
+            oid: sent.doc
+            for p in self.live
+            for oid, sent in p.node.port._outbox.items()
+            if sent.shown  # the frames showed it arrive; otherwise it shows when adopted
+        }
         for p in self.live:
             for oid in [oid for oid in docs if p.world.get(oid) is not None]:
                 del docs[oid]
