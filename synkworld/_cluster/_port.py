@@ -142,6 +142,7 @@ class ClusterPort(BusPort):
         self._acks: dict[str, list[tuple[str, str, str, int]]] = {}
         self._outbox: dict[str, _Sent] = {}
         self.unheld: set[str] = set()  # owned regions whose lease an append found nobody's
+        self._unshown: set[str] = set()
         # The documents objects left with in handovers, for this process's last write of
         # them: the store then has them in their new region, should their adopter die
         # before writing them (a takeover loads that region).
@@ -279,6 +280,7 @@ class ClusterPort(BusPort):
         }
         if not mine:
             return docs
+        unshown = {oid for oid in mine if not self._outbox[oid].shown}
         for oid in mine:
             del self._outbox[oid]
         out = []
@@ -289,6 +291,9 @@ class ClusterPort(BusPort):
             if theirs is not None:
                 del mine[doc["_id"]]
             out.append(doc)
+        # Those that come back from the outbox with an add no frame showed (their
+        # append's fate was unknown) are announced where no resync follows.
+        self._unshown = unshown & set(mine)
         return out + list(mine.values())
 
     def _start_owning(self, t: _Takeover) -> None:
@@ -829,13 +834,14 @@ class ClusterPort(BusPort):
         region = entry.region
         assert entry.new_epoch is not None
         ep = 0
+        self._unshown = set()
         for doc in self._unacknowledged_into(region, list(entry.migrated)):
             oid = doc["_id"]
             obj_ep = int(doc.get("ep", 0))
             ep = max(ep, obj_ep)
             if oid in self.world:
                 continue
-            self.world.adopt(doc)
+            self.world.adopt(doc, announce=oid in self._unshown)
             self.object_epoch[oid] = obj_ep
         self.owned[region] = entry.new_epoch
         # The lease was handed over with the entry, for a whole TTL from about now.
