@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,7 +227,9 @@ def install(
     joined = itertools.count(1)
     server.simulation(wanderers.step)
 
-    spawn = np.random.default_rng(settings.seed + 2)
+    # Each process of a shared map spawns its players elsewhere (they would stack).
+    node = server.cluster.node if server.cluster is not None else ""
+    spawn = np.random.default_rng([settings.seed + 2, zlib.crc32(node.encode())])
 
     def join(session: Session) -> AvatarRef | None:
         """The session's avatar, made when its page first says hello (not per connection)."""
