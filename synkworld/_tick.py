@@ -249,8 +249,12 @@ class TickLoop:
 
     def _frames_only(self, started: float, delivery: TickDelivery) -> None:
         """The frames of a tick this process skipped: other processes' batches only."""
+        self._count(self._frames_of(started, delivery))
+
+    def _frames_of(self, started: float, delivery: TickDelivery) -> DeliveryReport:
+        """Every session's frame of the delivered tick."""
         self._delivered_tick = delivery.tick
-        report = deliver_frames(
+        return deliver_frames(
             delivery.tick,
             delivery.batches,
             self._sessions.values(),
@@ -259,7 +263,6 @@ class TickLoop:
             lag_timeout_s=self.limits.lag_timeout_s,
             encoder=self.frame_encoder(delivery),
         )
-        self._count(report)
 
     def _count(self, report: DeliveryReport) -> None:
         self._frames += report.frames
@@ -274,16 +277,7 @@ class TickLoop:
         self, started: float, marks: list[float], changes: TickChanges, delivery: TickDelivery
     ) -> TickChanges:
         delivered = self.clock()
-        self._delivered_tick = delivery.tick
-        report: DeliveryReport = deliver_frames(
-            delivery.tick,
-            delivery.batches,
-            self._sessions.values(),
-            delivery.snapshots,
-            now=started,
-            lag_timeout_s=self.limits.lag_timeout_s,
-            encoder=self.frame_encoder(delivery),
-        )
+        report = self._frames_of(started, delivery)
         simulated, committed = marks
         phases = (
             simulated - started,

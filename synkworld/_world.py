@@ -479,6 +479,10 @@ class World:
 
     def _leave(self, obj: SynkObject) -> None:
         """Takes a handed-over object out of its key and lookups; its slot stays until settled."""
+        self._leaving[obj.id] = (obj, self._unlist(obj))
+
+    def _unlist(self, obj: SynkObject) -> str | None:
+        """Takes an object out of its key and the lookups; returns the key it stood under."""
         binding = obj._binding
         assert binding is not None
         key: str | None = None
@@ -491,7 +495,7 @@ class World:
                     del self._by_key[key]
         self._objects.pop(obj.id, None)
         self._dirty.pop(obj, None)
-        self._leaving[obj.id] = (obj, key)
+        return key
 
     def settle_handovers(
         self, failed: Collection[str] = (), undecided: Collection[str] = ()
@@ -547,17 +551,7 @@ class World:
 
     def _release(self, obj: SynkObject) -> None:
         """Takes an object out of this world without a `rem` (it lives on elsewhere)."""
-        binding = obj._binding
-        assert binding is not None
-        if binding.channel is not None or self._cols.code[binding.slot] != UNPUBLISHED:
-            key = self._published_key(obj)
-            members = self._by_key.get(key)
-            if members is not None and members.get(obj.id) is obj:
-                members.pop(obj.id)
-                if not members:
-                    del self._by_key[key]
-        self._objects.pop(obj.id, None)
-        self._dirty.pop(obj, None)
+        self._unlist(obj)
         self._transient.discard(obj.id)
         self._detach(obj)
 
