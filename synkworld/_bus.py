@@ -85,6 +85,12 @@ class BusPort(abc.ABC):
         share; None: the tick loop keeps its own schedule (ticks 1, 2, ...)."""
         return None
 
+    def catch_up_first(self) -> bool:
+        """Whether the frames of ticks this process skipped are built before its next
+        tick commits (True: what other processes handed over meanwhile is taken in
+        first), rather than after its publish (when its ownership is in doubt)."""
+        return True
+
     def publish_nowait(self, changes: TickChanges) -> None:
         """`publish`, for a bus that never waits; raises `WouldBlockError` otherwise."""
         raise WouldBlockError(f"{type(self).__name__} cannot publish without waiting")

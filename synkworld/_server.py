@@ -246,6 +246,7 @@ class Server:
         call = Call(
             name, identity, session, self.world, args=args, forwarder=self.cluster, forwarded=True
         )
+        await self.loop.between_ticks()
         return await self.handlers.call(call, args)
 
     def _wire_cluster(self, cluster: ClusterNode) -> None:
@@ -337,6 +338,7 @@ class Server:
         label = request.name if request.name in self.handlers else "(unknown)"
         started = time.perf_counter()
         outcome = "ok"
+        await self.loop.between_ticks()
         try:
             return await self.handlers.call(call, request.args)
         except ProtocolError as e:

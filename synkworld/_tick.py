@@ -108,6 +108,9 @@ class TickLoop:
         self._resyncs = 0
         self._sim_errors = 0
         self._delivered_tick = 0
+        # Set while no tick is between its commit and its frames (see `between_ticks`).
+        self._quiet = asyncio.Event()
+        self._quiet.set()
         self._phase_totals = [0.0, 0.0, 0.0, 0.0]
         self.last_phases = TickPhases()
 
@@ -130,6 +133,17 @@ class TickLoop:
     def detach(self, session: Session) -> None:
         """Stops sending frames to a session."""
         self._sessions.pop(session.sid, None)
+
+    async def between_ticks(self) -> None:
+        """Returns at once, or when the tick under way has built its frames.
+
+        On a shared map a tick waits for the bus between its commit and its
+        frames; a call that changed the world then would show in this tick's
+        snapshots and again in the next tick's batches (a deletion as a `rem`
+        for an object the snapshot already left out). Calls wait here first.
+        """
+        if not self._quiet.is_set():
+            await self._quiet.wait()
 
     def add_simulation(self, step: Simulation) -> None:
         """Runs `step(dt_seconds)` at the start of every tick, before changes are committed."""
@@ -180,7 +194,8 @@ class TickLoop:
         return await self.frames_tick(await self.publish_tick(tick))
 
     async def publish_tick(self, tick: int | None = None) -> PublishedTick:
-        """The first half of `step_async`: simulations, commit and publish.
+        """The first half of `step_async`: the frames of skipped ticks, simulations,
+        commit and publish.
 
         With `frames_tick`, the second half, a test runs several processes'
         loops phase by phase: every one publishes tick n before any builds
@@ -188,35 +203,53 @@ class TickLoop:
         """
         gc_was_enabled = gc.isenabled()
         gc.disable()
+        self._quiet.clear()
         try:
             port = self.port
-            await port.begin_tick(self.world.tick + 1 if tick is None else tick)
+            n = self.world.tick + 1 if tick is None else tick
+            if self._delivered_tick and port.catch_up_first():
+                # Ticks this process fell behind on get their frames first, from the
+                # others' entries: what those entries hand over into this world must
+                # be here before this tick's commit, whose entry says what its cells
+                # hold (a snapshot) as of this tick.
+                await self._catch_up(self.clock(), n)
+            await port.begin_tick(n)
             started, marks, changes = self._simulate_and_commit(tick)
             await port.publish(changes)
             return PublishedTick(started, marks, changes)
+        except BaseException:
+            self._quiet.set()
+            raise
         finally:
             if gc_was_enabled:
                 gc.enable()
 
     async def frames_tick(self, published: PublishedTick) -> TickChanges:
-        """The second half of `step_async`: the frames of the tick (and of skipped ones)."""
+        """The second half of `step_async`: the frames of the tick."""
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
             port = self.port
             started, changes = published.started, published.changes
             n = changes.tick
-            for skipped in range(self._delivered_tick + 1, n):
-                delivery = await port.delivery(skipped)
-                self._frames_only(started, delivery)
-                await port.after_frames(skipped)
+            if self._delivered_tick:
+                await self._catch_up(started, n)  # when not done before the commit
             delivery = await port.delivery(n)
             done = self._deliver(started, published.marks, changes, delivery)
             await port.after_frames(n)
             return done
         finally:
+            self._quiet.set()
             if gc_was_enabled:
                 gc.enable()
+
+    async def _catch_up(self, started: float, n: int) -> None:
+        """The frames of the ticks skipped before tick `n`: other processes' batches only."""
+        port = self.port
+        for skipped in range(self._delivered_tick + 1, n):
+            delivery = await port.delivery(skipped)
+            self._frames_only(started, delivery)
+            await port.after_frames(skipped)
 
     def frame_encoder(self, delivery: TickDelivery) -> FrameEncoder:
         """What builds the sessions' frames of a tick: `SharedFrames` (a subclass may differ).

@@ -167,6 +167,8 @@ class ClusterPort(BusPort):
 
         self._published = _Published(0, _EMPTY)
         self._tick = 0
+        # The tick whose frames are being built (below the world's for a skipped tick).
+        self._framing = 0
         self._snaps: dict[str, bytes] = {}
         self._incoming: dict[str, list[dict[str, Any]]] = {}
         self._adopt: list[tuple[dict[str, Any], str, str, int, bool, bool]] = []
@@ -255,6 +257,12 @@ class ClusterPort(BusPort):
         if self.schedule is None:
             return None
         return self.schedule(now)
+
+    def catch_up_first(self) -> bool:
+        # A process that stalled past a lease learns what it lost from its next
+        # append: before then, its regions' snapshots and cursors are not to be trusted.
+        now = self.clock()
+        return all(self.valid_until.get(r, now) > now for r in self.owned)
 
     async def begin_tick(self, tick: int) -> None:
         if self._start_tick is None:
@@ -596,6 +604,7 @@ class ClusterPort(BusPort):
     # -- reading the other regions --------------------------------------------------------
 
     async def delivery(self, tick: int) -> TickDelivery:
+        self._framing = tick
         await self._read_until(tick)
         pub = self._published
         own = pub.batches if pub.tick == tick else _EMPTY
@@ -757,6 +766,10 @@ class ClusterPort(BusPort):
     def snapshot_now(self, key: str) -> bytes | None:
         region = self._region(key)
         if region in self.owned:
+            if self.world.tick != self._framing:
+                # The frames of a tick this process skipped: its world may hold changes
+                # since its last commit, which the next tick's batches carry.
+                return None
             snap: bytes | None = self.world.snapshot(key)
         else:
             snap = self._snaps.get(key)
