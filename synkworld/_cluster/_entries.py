@@ -3,18 +3,22 @@
 Fields of an entry (bytes to bytes):
 
 - ``h``: the header, JSON: ``{"n": node, "e": epoch, "ad": [[id, key, region,
-  tick], ...], "mig": node}``; ``ad`` lists the objects this owner adopted
-  since its last entry (into `key`, from the entry of `region` at `tick`),
-  which is also the acknowledgement its sources wait for; ``mig`` names the
-  node this entry hands the region to (its last entry as the region's owner);
-- ``b:<key>``: a cell's batch, exactly the bytes the owner's commit encoded;
+  tick], ...], "mig": node, "b": [[key, length], ...], "s": [[key, length], ...]}``;
+  ``ad`` lists the objects this owner adopted since its last entry (into
+  `key`, from the entry of `region` at `tick`), which is also the
+  acknowledgement its sources wait for; ``mig`` names the node this entry
+  hands the region to (its last entry as the region's owner); ``b`` and ``s``
+  say which keys' batches and snapshots ``B`` and ``S`` carry, in order;
+- ``B``: the cells' batches, each exactly the bytes the owner's commit
+  encoded, one after the other (one field, not one per cell: the cost of an
+  append and of a read grows with the number of fields);
 - ``i``: JSON ``{key: [add, ...]}``, the incoming halves of moves (and
   creations) into keys of other regions;
 - ``d``: JSON ``[document, ...]``, the objects handed over by those moves;
 - ``r``: JSON ``[document, ...]``, handovers sent again (no adopter acknowledged
   them), which their adopter announces as creations;
 - ``m``: JSON ``[document, ...]``, every object of a region handed to ``mig``;
-- ``s:<key>``: a snapshot asked for by another process, as of this tick.
+- ``S``: the snapshots other processes asked for, as of this tick, one after the other.
 
 Joining is deterministic, so that every process makes the same bytes: the
 incoming adds of a key go, sorted by id, to the front of the key's ``add``
@@ -33,9 +37,6 @@ import orjson
 from synkworld._bus_backend import Record
 
 __all__ = ["Entry", "EntryBuilder", "join_batch", "join_snapshot"]
-
-_B = b"b:"
-_S = b"s:"
 
 
 @dataclass(slots=True)
@@ -66,13 +67,11 @@ class Entry:
             node, epoch = str(header["n"]), int(header["e"])
         except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"entry {record.region}@{record.tick}: bad header") from exc
-        batches: dict[str, bytes] = {}
-        snapshots: dict[str, bytes] = {}
-        for name, value in f.items():
-            if name.startswith(_B):
-                batches[name[2:].decode()] = value
-            elif name.startswith(_S):
-                snapshots[name[2:].decode()] = value
+        try:
+            batches = _unpack(f.get(b"B", b""), header.get("b", ()))
+            snapshots = _unpack(f.get(b"S", b""), header.get("s", ()))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"entry {record.region}@{record.tick}: bad parts") from exc
         return cls(
             record.region,
             record.tick,
@@ -89,6 +88,25 @@ class Entry:
             snapshots,
             [(str(i), str(k), str(r), int(t)) for i, k, r, t in header.get("ad", [])],
         )
+
+
+def _unpack(blob: bytes, index: Any) -> dict[str, bytes]:
+    """The parts a field concatenates, by the ``[[key, length], ...]`` the header gives."""
+    out: dict[str, bytes] = {}
+    at = 0
+    for key, length in index:
+        end = at + int(length)
+        if end > len(blob):
+            raise ValueError("a part runs past the end of its field")
+        out[str(key)] = blob[at:end]
+        at = end
+    if at != len(blob):
+        raise ValueError("bytes left over after the last part")
+    return out
+
+
+def _pack(parts: Mapping[str, bytes]) -> tuple[list[list[Any]], bytes]:
+    return [[k, len(v)] for k, v in parts.items()], b"".join(parts.values())
 
 
 def _json(raw: bytes | None, empty: Any) -> Any:
@@ -117,9 +135,12 @@ class EntryBuilder:
             header["ad"] = self.adopted
         if self.handed_to is not None:
             header["mig"] = self.handed_to
-        out = {b"h": orjson.dumps(header)}
-        for key, data in self.batches.items():
-            out[_B + key.encode()] = data
+        out: dict[bytes, bytes] = {}
+        if self.batches:
+            header["b"], out[b"B"] = _pack(self.batches)
+        if self.snapshots:
+            header["s"], out[b"S"] = _pack(self.snapshots)
+        out[b"h"] = orjson.dumps(header)
         if self.incoming:
             out[b"i"] = orjson.dumps(self.incoming)
         if self.handovers:
@@ -128,8 +149,6 @@ class EntryBuilder:
             out[b"r"] = orjson.dumps(self.resent)
         if self.migrated is not None:
             out[b"m"] = orjson.dumps(self.migrated)
-        for key, data in self.snapshots.items():
-            out[_S + key.encode()] = data
         return out
 
 
