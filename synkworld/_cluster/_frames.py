@@ -43,19 +43,18 @@ class SnapshotsAt(Protocol):
 class ClusterFrames:
     """`SharedFrames` with the rule above for the keys a session starts to hold."""
 
-    __slots__ = ("_batches", "_snaps")
+    __slots__ = ("_get", "_snaps")
 
     def __init__(self, batches: Mapping[str, bytes], snapshots: SnapshotsAt) -> None:
-        self._batches = batches
+        self._get = batches.get
         self._snaps = snapshots
 
     def tick_frame(self, tick: int, session: Session) -> bytes | None:
-        # In key order: a set's order differs between processes (string hashing is
-        # salted per process), and twins on two processes must get the same bytes.
-        batches = self._batches
-        keys = [k for k in session.held if k in batches]
-        keys.sort()
-        parts = [batches[k] for k in keys]
+        # In one order everywhere: a set's order differs between processes (string
+        # hashing is salted per process), and twins on two processes must get the
+        # same bytes. Sorting the batches themselves is that order: each starts with
+        # its own key (``{"k":...``), so no two compare equal.
+        parts = sorted(filter(None, map(self._get, session.held)))
         if not session.wanted_changed:
             return encode_tick(tick, parts, _NONE, _NONE, _NONE)
         added, removed = session.subscription_change()
