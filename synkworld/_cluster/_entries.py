@@ -167,11 +167,16 @@ def join_batch(key: str, batch: bytes | None, adds: list[dict[str, Any]]) -> byt
     return head + b',"add":[' + items + b"]" + rest
 
 
-def join_snapshot(snapshot: bytes, adds: list[dict[str, Any]]) -> bytes:
-    """A key's snapshot with the objects that incoming adds bring, in id order."""
+def join_snapshot(snapshot: bytes, adds: list[dict[str, Any]], *, keep: bool = False) -> bytes:
+    """A key's snapshot with the objects that incoming adds bring, in id order.
+
+    With `keep`, an object the snapshot has already stays as it is there.
+    """
     snap = orjson.loads(snapshot)
     objs: dict[str, dict[str, Any]] = {o["id"]: o for o in snap["objs"]}
     for add in adds:
+        if keep and add["id"] in objs:
+            continue
         objs[add["id"]] = {"id": add["id"], "t": add["t"], "v": add["v"], "s": add["s"]}
     snap["objs"] = [objs[i] for i in sorted(objs)]
     return orjson.dumps(snap)

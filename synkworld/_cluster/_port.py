@@ -171,6 +171,11 @@ class ClusterPort(BusPort):
         self._framing = 0
         self._snaps: dict[str, bytes] = {}
         self._incoming: dict[str, list[dict[str, Any]]] = {}
+        # Objects handed into keys owned elsewhere (by any process) that their owner
+        # has not acknowledged yet, by key, with the tick they left: their add went
+        # out in frames, and until the owner's entry says it adopted them, its
+        # snapshots of the key may not show them (it read the handover late).
+        self._transit: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
         self._adopt: list[tuple[dict[str, Any], str, str, int, bool, bool]] = []
         self._arrivals: list[Entry] = []
         self._wants: dict[str, set[str]] = {}
@@ -428,6 +433,7 @@ class ClusterPort(BusPort):
                 now = self.clock()
                 for h in sent:
                     published.incoming.setdefault(h.key, []).append(h.entry)
+                    self._transit.setdefault(h.key, {})[h.id] = (n, h.entry)
                     self._sent += 1
                     dest = self.holders.get(region_of(h.key))
                     self._outbox[h.id] = _Sent(
@@ -489,6 +495,7 @@ class ClusterPort(BusPort):
                 i: t for i, t in self._released_recently.items() if t[0] >= horizon
             }
             self.departed = {i: d for i, d in self.departed.items() if i in self._released_recently}
+            self._forget_old_transit(n)
         # Objects in limbo stay out of the world until their append's fate is known.
         limbo_ids = {h.id for hs in self._limbo.values() for h in hs}
         restored = self.world.settle_handovers(failed - limbo_ids, limbo_ids)
@@ -711,11 +718,19 @@ class ClusterPort(BusPort):
             self.holders[region] = Lease(entry.node, entry.epoch)
         for oid, key, src_region, src_tick in entry.adopted:
             self._outbox.pop(oid, None)
+            in_key = self._transit.get(key)
+            if in_key is not None and in_key.pop(oid, None) is not None and not in_key:
+                del self._transit[key]
             if (src_region, src_tick) in self._missed:
                 # Adopted from an entry that came late here: its add was not delivered.
                 self._owe_keys({key})
         if not on_time and entry.incoming:
             self._owe_keys(set(entry.incoming))
+        for key, adds in entry.incoming.items():
+            if self._region(key) not in self.owned:
+                in_key = self._transit.setdefault(key, {})
+                for add in adds:
+                    in_key[add["id"]] = (entry.tick, add)
         for doc in entry.handovers:
             self._adopt.append((doc, doc["key"], region, entry.tick, False, not on_time))
         for doc in entry.resent:
@@ -779,7 +794,21 @@ class ClusterPort(BusPort):
         adds = self._incoming.get(key)
         if adds and snap is not None:
             snap = join_snapshot(snap, adds)
+        in_transit = self._transit.get(key)
+        if in_transit and snap is not None and region not in self.owned:
+            # Handed into the key and not adopted as of the owner's snapshot: as it left.
+            snap = join_snapshot(snap, [a for _, a in in_transit.values()], keep=True)
         return snap
+
+    def _forget_old_transit(self, tick: int) -> None:
+        """Drops handovers never acknowledged (their adopter went): a takeover reloads them."""
+        horizon = tick - 1200
+        for key in list(self._transit):
+            kept = {i: v for i, v in self._transit[key].items() if v[0] >= horizon}
+            if kept:
+                self._transit[key] = kept
+            else:
+                del self._transit[key]
 
     def want_next(self, key: str) -> None:
         region = self._region(key)

@@ -275,3 +275,44 @@ async def test_a_restarted_bus_is_away_then_empty_and_loses_nothing(down_ticks: 
         cluster.hub.reconnect(p.name)
     await recover(cluster, rng, ticks=4 * TTL_TICKS)
     assert set(cluster.ids()) == ids
+
+
+async def test_a_resync_while_an_object_crosses_to_a_late_reader_keeps_the_object() -> None:
+    # p1's sessions owe a resync (p0's region came late once) when the walker
+    # crosses from p1's region into p0's, and p0 reads that handover late: its
+    # snapshots of the walker's new cell miss it for ticks, and p1 resyncs that
+    # cell from one of them. The resync must still show the walker (as it left:
+    # it is in transit), or the client tears it down and gets it back as another.
+    cluster = InProcessCluster(owners=2)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 40.5, 45.0)]))
+    await cluster.start()
+    p0, p1 = cluster.procs
+    assert p0.node.port.owns("main:3:4") and p1.node.port.owns("main:4:4")
+    a, b = cluster.twins(p0, p1)
+    for c in (a, b):
+        c.session.view("main", (20, 40, 60, 60), margin=0)
+    await cluster.run(3, check=True)
+    start = cluster.tick
+    in_transit_at_resync: list[bool] = []
+
+    def before(n: int) -> None:
+        k = n - start
+        if k == 1:
+            cluster.hub.delay("main/1/2", 1.5 / RATE)
+        elif k == 2:
+            cluster.hub.delay("main/1/2", 0)
+            cluster.hub.delay("main/2/2", 3.5 / RATE)
+            obj = cluster.find("w1")
+            assert obj is not None and obj.world is not None
+            obj.world.move(obj, 39.5, 45.0)
+        elif k == 4:
+            cluster.hub.delay("main/2/2", 0)
+
+    for _ in range(12):
+        resynced = b.mirror.resyncs
+        await cluster.run(1, before_tick=before, check=True, twins=False)
+        if b.mirror.resyncs > resynced:
+            in_transit_at_resync.append(cluster.find("w1") is None)
+    assert in_transit_at_resync == [True]  # the case this test is about did happen
+    assert p0.world.get("w1") is not None and cluster.owed() == 0
+    assert a.mirror.teardown_count == 0 and b.mirror.teardown_count == 0
