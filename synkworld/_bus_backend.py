@@ -163,8 +163,8 @@ class BusBackend(abc.ABC):
     # -- wanted keys ----------------------------------------------------------------
 
     @abc.abstractmethod
-    async def want(self, region: str, keys: Collection[str]) -> None:
-        """Asks the region's owner for the snapshots of these keys in its next entry."""
+    async def want(self, wants: Mapping[str, Collection[str]]) -> None:
+        """Asks each region's owner for the snapshots of those keys in its next entry."""
 
     @abc.abstractmethod
     async def take_wanted(self, regions: Collection[str]) -> dict[str, set[str]]:

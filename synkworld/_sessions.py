@@ -67,6 +67,7 @@ class Session:
         # Set by the transport: writes a frame at once if the socket can take it.
         self.direct_write: Callable[[bytes], bool] | None = None
         self.held: set[str] = set()
+        self._held_in_order: list[str] | None = []
         self._wanted: set[str] = set()
         # True when `wanted` may differ from `held`: a subscription change to take.
         self.wanted_changed = False
@@ -163,8 +164,16 @@ class Session:
         if not added and not removed:
             return [], []
         held = self.held = (self.held - set(removed)) | set(added)
+        self._held_in_order = None
         self.wanted_changed = held != self._wanted
         return added, removed
+
+    def held_in_order(self) -> list[str]:
+        """The held keys sorted: the same order on every process (a set's is not)."""
+        keys = self._held_in_order
+        if keys is None:
+            keys = self._held_in_order = sorted(self.held)
+        return keys
 
     # -- outgoing queue ----------------------------------------------------------------
 

@@ -50,11 +50,9 @@ class ClusterFrames:
         self._snaps = snapshots
 
     def tick_frame(self, tick: int, session: Session) -> bytes | None:
-        # In one order everywhere: a set's order differs between processes (string
-        # hashing is salted per process), and twins on two processes must get the
-        # same bytes. Sorting the batches themselves is that order: each starts with
-        # its own key (``{"k":...``), so no two compare equal.
-        parts = sorted(filter(None, map(self._get, session.held)))
+        # In key order: a set's order differs between processes (string hashing is
+        # salted per process), and twins on two processes must get the same bytes.
+        parts = list(filter(None, map(self._get, session.held_in_order())))
         if not session.wanted_changed:
             return encode_tick(tick, parts, _NONE, _NONE, _NONE)
         added, removed = session.subscription_change()

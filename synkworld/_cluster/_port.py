@@ -866,8 +866,7 @@ class ClusterPort(BusPort):
         wants, self._wants = self._wants, {}
         if wants:
             try:
-                for region, keys in wants.items():
-                    await self.backend.want(region, keys)
+                await self.backend.want(wants)
             except BusUnavailableError:
                 self.bus_up = False
 

@@ -266,8 +266,11 @@ class MemoryBackend(BusBackend):
                 records.append(record)
         return ReadResult(records, frozenset(gaps))
 
-    async def want(self, region: str, keys: Collection[str]) -> None:
-        self._enter()._wanted.setdefault(region, set()).update(keys)
+    async def want(self, wants: Mapping[str, Collection[str]]) -> None:
+        hub = self._enter()
+        for region, keys in wants.items():
+            if keys:
+                hub._wanted.setdefault(region, set()).update(keys)
 
     async def take_wanted(self, regions: Collection[str]) -> dict[str, set[str]]:
         hub = self._enter()

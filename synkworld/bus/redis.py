@@ -271,10 +271,15 @@ class RedisBackend(BusBackend):
                 records.append(Record(region, tick, fields, prev, int(ne) if ne else None))
         return ReadResult(records, frozenset(gaps))
 
-    async def want(self, region: str, keys: Collection[str]) -> None:
-        if keys:
-            async with _errors():
-                await self._redis.sadd(self._k(f"w:{region}"), *keys)
+    async def want(self, wants: Mapping[str, Collection[str]]) -> None:
+        asked = {region: keys for region, keys in wants.items() if keys}
+        if not asked:
+            return
+        async with _errors():
+            pipe = self._redis.pipeline(transaction=False)
+            for region, keys in asked.items():
+                pipe.sadd(self._k(f"w:{region}"), *keys)
+            await pipe.execute()
 
     async def take_wanted(self, regions: Collection[str]) -> dict[str, set[str]]:
         regions = list(regions)

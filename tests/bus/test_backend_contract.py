@@ -150,9 +150,8 @@ async def test_epochs_grow_past_what_a_node_has_seen(kind: Kind) -> None:
 
 async def test_wanted_keys_are_taken_once(kind: Kind) -> None:
     a, b = kind.backend("a"), kind.backend("b")
-    await a.want("r1", ["main:0:0", "main:0:1"])
-    await b.want("r1", ["main:0:1", "main:2:2"])
-    await b.want("r2", ["room"])
+    await a.want({"r1": ["main:0:0", "main:0:1"]})
+    await b.want({"r1": ["main:0:1", "main:2:2"], "r2": ["room"], "r4": []})
     assert await a.take_wanted(["r1", "r3"]) == {"r1": {"main:0:0", "main:0:1", "main:2:2"}}
     assert await a.take_wanted(["r1", "r2"]) == {"r2": {"room"}}
     assert await a.take_wanted(["r1", "r2"]) == {}
