@@ -672,9 +672,26 @@ def _ratios(run: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_benchmark(
-    sc: Scenario, opts: Options, *, compare_naive: bool = False
+    sc: Scenario, opts: Options, *, compare_naive: bool = False, processes: int = 1
 ) -> dict[str, Any]:
-    """Runs the scenario (and, with `compare_naive`, the naive baseline right after)."""
+    """Runs the scenario (and, with `compare_naive`, the naive baseline right after).
+
+    With `processes` > 1 it runs on one process and then on that many sharing
+    the map through Redis, and compares the two (`scaling`).
+    """
+    if processes > 1:
+        if compare_naive:
+            raise ValueError("--compare-naive runs on one process: leave out --processes")
+        from bench.gridworld_cluster import run_cluster_once, scaling
+
+        single = await run_once(dataclasses.replace(sc, mode="shared"), opts)
+        cluster = await run_cluster_once(dataclasses.replace(sc, mode="shared"), opts, processes)
+        return {
+            "scenario": sc.to_json(),
+            "runs": {"synkworld": single, f"cluster{processes}": cluster},
+            "targets": _targets(sc, single, None),
+            "scaling": scaling(single, cluster),
+        }
     runs: dict[str, Any] = {}
     if sc.mode == "per-client" and not compare_naive:
         runs["naive"] = await run_once(sc, opts)
@@ -814,6 +831,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=60.0,
         help="seconds to wait after the window for the server's last motion tick",
     )
+    h.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="N > 1: run on one process, then on N sharing the map through Redis, and compare",
+    )
     h.add_argument("--out", type=Path, default=DEFAULT_OUT)
     h.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     h.add_argument("--no-plots", action="store_true")
@@ -929,6 +952,15 @@ def _summary_line(result: dict[str, Any]) -> str:
             f"bytes/tick {r['bytes_per_client_tick']['synkworld_over_naive']:.3f}, "
             f"same caches {r['same_client_caches']}"
         )
+    if "scaling" in result:
+        g = result["scaling"]
+        lines.append(
+            f"  scaling: {g['processes']} processes {g['cpu_ms_per_tick_each']} ms/tick, "
+            f"sum {g['cpu_ms_per_tick_sum']:.2f} against one {g['cpu_ms_per_tick_single']:.2f}: "
+            f"efficiency {g['efficiency']:.3f} (target {g['target']}), "
+            f"bus calls {g['bus_call_ms_per_tick_each']} ms/tick, "
+            f"Redis {g['redis_used_memory_mb']} MB, same caches {g['same_client_caches']}"
+        )
     return "\n".join(lines)
 
 
@@ -966,10 +998,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": _machine(),
     }
     if a.sweep is None:
-        result.update(asyncio.run(run_benchmark(sc, opts, compare_naive=a.compare_naive)))
+        result.update(
+            asyncio.run(
+                run_benchmark(sc, opts, compare_naive=a.compare_naive, processes=a.processes)
+            )
+        )
         deflate = "-deflate" if sc.compression else ""
         writes = "" if sc.direct_writes else "-aiohttp-writes"
-        name = f"gridworld-E{sc.entities}-C{sc.clients}{deflate}{writes}.json"
+        procs = f"-P{a.processes}" if a.processes > 1 else ""
+        name = f"gridworld-E{sc.entities}-C{sc.clients}{deflate}{writes}{procs}.json"
     else:
         swept = dataclasses.replace(sc, seconds=a.sweep_seconds, warmup_s=a.sweep_warmup)
         result["scenario"] = swept.to_json()

@@ -115,6 +115,7 @@ class Client:
         "pong",
         "sampled",
         "sid",
+        "url",
         "wire",
         "ws",
     )
@@ -136,6 +137,8 @@ class Client:
         self.close_code: int | None = None
         self.path: PanPath = pan_path(gen.sc, index)
         self.next_view = 0.0
+        # Spread over the processes of a cluster: client i on process i mod N.
+        self.url = gen.urls[index % len(gen.urls)]
 
     @property
     def wire_bytes(self) -> int:
@@ -145,7 +148,7 @@ class Client:
     async def connect(self, session: aiohttp.ClientSession) -> None:
         """Opens the WebSocket, reads `hello` and sends the first `view`."""
         ws = await session.ws_connect(
-            self.gen.url + "/ws",
+            self.url + "/ws",
             decode_text=False,
             max_msg_size=0,
             heartbeat=None,
@@ -245,7 +248,7 @@ class LoadGenerator:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.sc = Scenario.from_json(config["scenario"])
-        self.url: str = config["url"]
+        self.urls: list[str] = list(config.get("urls") or [config["url"]])
         self.breakdown_every: int = max(1, int(config.get("breakdown_every", 10)))
         self.connect_concurrency: int = int(config.get("connect_concurrency", 50))
         sampled = set(config["sampled"])
@@ -406,10 +409,12 @@ class LoadGenerator:
         lags_ms = [v * 1000 for v in self.lags]
         lat_n: list[int] = []
         lat_t: list[float] = []
+        lat_p: list[int] = []  # the process (index into `urls`) the client is on
         for c in live:
             if c.sampled:
                 lat_n += c.arrivals_n
                 lat_t += c.arrivals_t
+                lat_p += [self.urls.index(c.url)] * len(c.arrivals_n)
         return {
             "ev": "window",
             "pid": os.getpid(),
@@ -430,6 +435,7 @@ class LoadGenerator:
             },
             "lat_n": lat_n,
             "lat_t": lat_t,
+            "lat_p": lat_p,
             "breakdown": self.breakdown.raw(),
         }
 
@@ -441,10 +447,15 @@ class LoadGenerator:
     async def _check(self, session: aiohttp.ClientSession, timeout: float) -> dict[str, Any]:
         sampled = [c for c in self.clients if c.sampled and c.ws is not None]
         synced = await asyncio.gather(*(c.sync(timeout) for c in sampled))
-        async with session.post(
-            self.url + "/bench/truth", data=orjson.dumps({"sids": [c.sid for c in sampled]})
-        ) as resp:
-            truth = orjson.loads(await resp.read())
+        truth: dict[str, Any] = {}
+        for url in self.urls:
+            sids = [c.sid for c in sampled if c.url == url]
+            if not sids:
+                continue
+            async with session.post(
+                url + "/bench/truth", data=orjson.dumps({"sids": sids})
+            ) as resp:
+                truth.update(orjson.loads(await resp.read()))
         results = []
         for c, ok_sync in zip(sampled, synced, strict=True):
             cache = c.cache
@@ -458,6 +469,7 @@ class LoadGenerator:
             results.append(
                 {
                     "index": c.index,
+                    "process": self.urls.index(c.url),
                     "sid": c.sid,
                     "synced": ok_sync,
                     "ok": ok_sync and mismatches == 0 and cache.violations == 0,

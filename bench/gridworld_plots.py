@@ -40,9 +40,32 @@ def plot_result(result: dict[str, Any], out: Path) -> list[Path]:
     paths: list[Path] = []
     if "runs" in result:
         paths += _plot_runs(result, out)
+    if "scaling" in result:
+        paths.append(_plot_scaling(result, out))
     for axis, points in result.get("sweeps", {}).items():
         paths.append(_plot_sweep(result["scenario"], axis, points, out))
     return paths
+
+
+def _plot_scaling(result: dict[str, Any], out: Path) -> Path:
+    """CPU per tick: one process, then each of N and their sum."""
+    g = result["scaling"]
+    sc = result["scenario"]
+    n = g["processes"]
+    labels = ["1 process"] + [f"process {i}" for i in range(n)] + [f"sum of {n}"]
+    cpu = [g["cpu_ms_per_tick_single"], *g["cpu_ms_per_tick_each"], g["cpu_ms_per_tick_sum"]]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    xs = range(len(labels))
+    ax.bar(xs, cpu, color=["tab:blue"] + ["tab:green"] * n + ["tab:olive"])
+    ax.axhline(g["cpu_ms_per_tick_single"] / 0.8, color="tab:red", lw=0.8, ls="--")
+    ax.text(
+        0, g["cpu_ms_per_tick_single"] / 0.8, " sum at efficiency 0.8", color="tab:red", va="bottom"
+    )
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("ms of CPU per tick")
+    ax.set_title(f"{_title(sc)}: efficiency {g['efficiency']:.2f} (one / sum of {n})", fontsize=10)
+    tag = f"E{sc['entities']}-C{sc['clients']}-P{n}"
+    return _save(fig, out / f"{tag}_scaling.png")
 
 
 def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:

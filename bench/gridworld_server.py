@@ -21,7 +21,17 @@ The bench-only routes (never part of synkworld's own application):
   duration (`TickLoop.on_tick_done`) and the seconds of its phases
   (simulate, commit, bus, frames: `TickLoop.last_phases`), and the naive
   baseline's decoding of the batches (0 for synkworld).
-- ``GET /bench/stats``: peak RSS, tick loop and transport counters.
+- ``GET /bench/stats``: peak RSS, tick loop and transport counters (and the bus's, in a cluster).
+- ``GET /bench/ids``: the ids of the objects in this process's world.
+- ``POST /bench/objects`` ``{"keys": [...]}``: the objects this process holds under those
+  keys, as in ``/bench/truth`` (in a cluster, ``/bench/truth`` asks every peer for the
+  keys it does not own).
+
+With ``--cluster '<json>'`` (``{"redis", "world", "node", "db", "peers"}``) the process
+joins a map shared through Redis (`bench.gridworld --processes N`): its world starts
+empty and loads the regions it owns from the SQLite store the coordinator seeded,
+and every process steps the whole scenario's motion in lockstep, by the global
+tick, moving only the entities it holds.
 - ``POST /bench/profile/start`` and ``/bench/profile/stop`` (with ``--profile``):
   pyinstrument over the measured window; stop answers the flat (self time) and
   tree views as text.
@@ -32,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import resource
@@ -41,6 +52,9 @@ import threading
 import time
 from typing import Any
 
+import aiohttp
+import numpy as np
+import numpy.typing as npt
 import orjson
 from aiohttp import web
 
@@ -48,7 +62,15 @@ from bench.gridworld_scenario import Motion, Scenario
 from bench.naive_frames import NaiveTickLoop, NaiveWorld
 from synkworld import GridMap, Limits, Server, SynkObject, TickLoop, World
 
-__all__ = ["BenchServer", "Entity", "build_server", "create_entities", "main"]
+__all__ = [
+    "BenchServer",
+    "Entity",
+    "TrackedWorld",
+    "build_server",
+    "create_entities",
+    "entity_documents",
+    "main",
+]
 
 log = logging.getLogger("bench.gridworld.server")
 
@@ -81,6 +103,52 @@ def create_entities(world: World, motion: Motion) -> list[Entity]:
     ]
 
 
+def entity_documents(sc: Scenario) -> list[dict[str, Any]]:
+    """The scenario's entities at their starting places, as stored documents (to seed a store)."""
+    world = World(GridMap(cell_size=sc.cell_size, bounds=(0, 0, sc.map_size, sc.map_size)))
+    entities = create_entities(world, Motion(sc))
+    world.commit()
+    return [world.document(e) for e in entities]
+
+
+class TrackedWorld(World):
+    """A world that knows which of the scenario's entities it holds, and their slots.
+
+    In a cluster the entities come and go (takeovers, handovers); the motion
+    moves only those held here. Tracking them as they enter and leave keeps
+    that cheap: no walk over the world per tick.
+    """
+
+    def __init__(self, grid: GridMap, *, entities: int, **kwargs: Any) -> None:
+        super().__init__(grid, **kwargs)
+        self.slot_of: npt.NDArray[np.int64] = np.full(entities, -1, dtype=np.int64)
+        self.held: list[Entity | None] = [None] * entities
+        self.membership_changed = True
+
+    def _track(self, obj: SynkObject, here: bool) -> None:
+        if not isinstance(obj, Entity):
+            return
+        i = int(obj.id[1:])
+        b = obj._binding
+        self.slot_of[i] = b.slot if here and b is not None else -1
+        self.held[i] = obj if here else None
+        self.membership_changed = True
+
+    def load(self, doc: Any, *, announce: bool = False) -> SynkObject:
+        obj = super().load(doc, announce=announce)
+        self._track(obj, True)
+        return obj
+
+    def _unlist(self, obj: SynkObject) -> str | None:
+        key = super()._unlist(obj)
+        self._track(obj, False)
+        return key
+
+    def _come_back(self, obj: SynkObject, key: str | None) -> None:
+        super()._come_back(obj, key)
+        self._track(obj, True)
+
+
 def _json(body: Any) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
@@ -88,14 +156,28 @@ def _json(body: Any) -> web.Response:
 class BenchServer(Server):
     """A `Server` running the grid-world simulation, with the bench routes."""
 
-    def __init__(self, world: World, sc: Scenario, *, profile: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        world: World,
+        sc: Scenario,
+        *,
+        profile: bool = False,
+        peers: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(world, **kwargs)
         self.sc = sc
         self.profile = profile
+        self.peers = peers or []
         self._profiler: Any = None
         self.motion = Motion(sc)
-        self.entities = create_entities(world, self.motion)
+        self.tracked = world if isinstance(world, TrackedWorld) else None
+        # In a cluster the world starts empty: the entities come from the store.
+        self.entities = [] if self.tracked is not None else create_entities(world, self.motion)
         self.slots = world.slots(self.entities)
+        self.here: npt.NDArray[np.int64] | None = None
+        # The global tick of the first motion step (every process of a cluster agrees).
+        self.start_tick: int | None = None
         self.going = False
         self.frozen = False
         self.forced_freeze = False
@@ -112,10 +194,14 @@ class BenchServer(Server):
         self.loop.on_tick_done(self._tick_done)
 
     def _step(self, dt: float) -> None:
-        self.tick_start_n.append(self.world.tick + 1)
+        tick = self.world.tick + 1
+        self.tick_start_n.append(tick)
         self.tick_start_t.append(time.time())
         self.tick_start_cpu.append(time.process_time())
         if not self.going or self.frozen:
+            return
+        if self.tracked is not None:
+            self._step_tracked(tick)
             return
         m = self.motion
         m.step()
@@ -124,6 +210,35 @@ class BenchServer(Server):
         for i, hp in zip(*m.hp_step(), strict=True):
             ents[i].hp = hp
         self.motion_done += 1
+        if self.motion_done >= self.sc.motion_ticks:
+            self.frozen = True
+
+    def _step_tracked(self, tick: int) -> None:
+        """The motion of a cluster's process: every step up to this global tick, applied
+        to the entities held here (a tick skipped here is caught up, so that every
+        process's copy of the motion stays at the same step)."""
+        tracked = self.tracked
+        assert tracked is not None and self.start_tick is not None
+        if tick < self.start_tick:
+            return
+        m = self.motion
+        target = min(tick - self.start_tick + 1, self.sc.motion_ticks)
+        hp_changes: dict[int, int] = {}
+        while self.motion_done < target:
+            m.step()
+            hp_changes.update(zip(*m.hp_step(), strict=True))
+            self.motion_done += 1
+        if tracked.membership_changed or self.here is None:
+            self.here = np.flatnonzero(tracked.slot_of >= 0)
+            self.slots = tracked.slot_of[self.here]
+            tracked.membership_changed = False
+        here = self.here
+        self.world.set_positions(self.slots, m.xs[here], m.ys[here])
+        held = tracked.held
+        for i, hp in hp_changes.items():
+            obj = held[i]
+            if obj is not None:
+                obj.hp = hp
         if self.motion_done >= self.sc.motion_ticks:
             self.frozen = True
 
@@ -145,6 +260,8 @@ class BenchServer(Server):
         r.add_get("/bench/state", self._state)
         r.add_get("/bench/settled", self._settled)
         r.add_post("/bench/truth", self._truth)
+        r.add_post("/bench/objects", self._objects)
+        r.add_get("/bench/ids", self._ids)
         r.add_get("/bench/ticks", self._ticks)
         r.add_get("/bench/stats", self._stats)
         if self.profile:
@@ -170,8 +287,12 @@ class BenchServer(Server):
         return _json({"flat": flat, "tree": tree})
 
     async def _go(self, request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read() or b"{}")
+        at = body.get("at")
+        self.start_tick = int(at) if at is not None else self.world.tick + 1
         self.going = True
-        return _json({"t0": time.time(), "tick": self.world.tick})
+        ahead_s = max(0, self.start_tick - self.world.tick - 1) / self.sc.tick_rate_hz
+        return _json({"t0": time.time() + ahead_s, "tick": self.world.tick})
 
     async def _freeze(self, request: web.Request) -> web.Response:
         if not self.frozen:
@@ -187,6 +308,7 @@ class BenchServer(Server):
             "forced_freeze": self.forced_freeze,
             "motion_ticks": self.motion_done,
             "clients": len(self.sessions),
+            "objects": len(self.world),
         }
 
     async def _state(self, request: web.Request) -> web.Response:
@@ -199,25 +321,59 @@ class BenchServer(Server):
                 unsettled += 1
         pending = self.world.statistics().pending_changes
         settled = self.frozen and unsettled == 0 and pending == 0
+        if self.cluster is not None:
+            st = self.cluster.statistics()
+            settled = settled and st.outbox == 0 and st.regions_late == 0
         return _json({"settled": settled, "unsettled": unsettled, "tick": self.world.tick})
 
     async def _truth(self, request: web.Request) -> web.Response:
         body = orjson.loads(await request.read())
         sessions = self.sessions
-        world = self.world
+        held = {sid: sorted(s.held) for sid in body["sids"] if (s := sessions.get(sid))}
+        under = self._under({k for keys in held.values() for k in keys})
+        if self.peers and self.cluster is not None:
+            # In a cluster every id is in exactly one world: the union is the truth.
+            owns = self.cluster.owns
+            foreign = [k for keys in held.values() for k in keys if not owns(k)]
+            for part in await self._ask_peers(sorted(set(foreign))):
+                for key, objs in part.items():
+                    under.setdefault(key, {}).update(objs)
         out: dict[str, Any] = {}
         for sid in body["sids"]:
-            s = sessions.get(sid)
-            if s is None:
+            keys = held.get(sid)
+            if keys is None:
                 out[sid] = None
                 continue
-            objs = {
-                o.id: [o.synk_type, o.version, o.wire_state(), key]
-                for key in s.held
-                for o in world.objects_under(key)
-            }
-            out[sid] = {"held": sorted(s.held), "objs": objs}
+            objs = {oid: obj for key in keys for oid, obj in under.get(key, {}).items()}
+            out[sid] = {"held": keys, "objs": objs}
         return _json(out)
+
+    def _under(self, keys: set[str]) -> dict[str, dict[str, list[Any]]]:
+        world = self.world
+        return {
+            key: {o.id: [o.synk_type, o.version, o.wire_state(), key] for o in objs}
+            for key in keys
+            if (objs := world.objects_under(key))
+        }
+
+    async def _ask_peers(self, keys: list[str]) -> list[dict[str, Any]]:
+        if not keys:
+            return []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+
+            async def one(url: str) -> dict[str, Any]:
+                async with http.post(url + "/bench/objects", data=orjson.dumps(keys)) as resp:
+                    resp.raise_for_status()
+                    part: dict[str, Any] = orjson.loads(await resp.read())
+                    return part
+
+            return list(await asyncio.gather(*(one(u) for u in self.peers)))
+
+    async def _ids(self, request: web.Request) -> web.Response:
+        return _json(sorted(o.id for o in self.world))
+
+    async def _objects(self, request: web.Request) -> web.Response:
+        return _json(self._under(set(orjson.loads(await request.read()))))
 
     async def _ticks(self, request: web.Request) -> web.Response:
         return _json(
@@ -252,6 +408,11 @@ class BenchServer(Server):
                 "closed_slow": m.closed_slow_total,
                 "connections_total": m.connections_total,
                 "errors": dict(m.errors),
+                "bus": (
+                    dataclasses.asdict(self.cluster.statistics())
+                    if self.cluster is not None
+                    else None
+                ),
                 **self.state(),
             }
         )
@@ -265,20 +426,28 @@ def _current_rss() -> int:
         return 0
 
 
-def build_server(sc: Scenario, *, profile: bool = False) -> BenchServer:
-    """The grid-world world and server for a scenario."""
+def build_server(
+    sc: Scenario, *, profile: bool = False, cluster: dict[str, Any] | None = None
+) -> BenchServer:
+    """The grid-world world and server for a scenario (on a shared map with `cluster`)."""
     size = sc.map_size
-    world = (NaiveWorld if sc.mode == "per-client" else World)(
-        GridMap(cell_size=sc.cell_size, bounds=(0, 0, size, size)),
-        initial_capacity=max(sc.entities, 16),
-    )
+    grid = GridMap(cell_size=sc.cell_size, bounds=(0, 0, size, size))
+    world: World
+    if cluster is not None:
+        if sc.mode == "per-client":
+            raise ValueError("the naive baseline runs on one process only")
+        world = TrackedWorld(grid, entities=sc.entities, initial_capacity=max(sc.entities, 16))
+    else:
+        world = (NaiveWorld if sc.mode == "per-client" else World)(
+            grid, initial_capacity=max(sc.entities, 16)
+        )
     per_side = 2 * sc.margin + 2
     keys = (int(sc.viewport_w // sc.cell_size) + per_side) * (
         int(sc.viewport_h // sc.cell_size) + per_side
     )
     limits = Limits(max_keys=max(256, 2 * keys))
     loop_class = NaiveTickLoop if sc.mode == "per-client" else TickLoop
-    return BenchServer(
+    server = BenchServer(
         world,
         sc,
         limits=limits,
@@ -286,11 +455,38 @@ def build_server(sc: Scenario, *, profile: bool = False) -> BenchServer:
         compression=sc.compression,
         direct_writes=sc.direct_writes,
         profile=profile,
+        peers=cluster["peers"] if cluster else None,
+    )
+    if cluster is not None:
+        _join(server, cluster)
+    return server
+
+
+def _join(server: BenchServer, cluster: dict[str, Any]) -> None:
+    from synkworld import ClusterSettings
+    from synkworld.bus.redis import RedisBackend
+    from synkworld.store import SQLiteStore
+
+    # The store is where takeovers load from; the motion's writes would be the
+    # same in one process, so they are left out of both (one write an hour).
+    server.persist(SQLiteStore(cluster["db"]), write_interval_s=3600.0)
+    server.join_cluster(
+        RedisBackend(cluster["redis"], cluster["world"]),
+        settings=ClusterSettings(region_cells=int(cluster.get("region_cells", 8))),
+        node=cluster["node"],
     )
 
 
-async def _serve(sc: Scenario, host: str, port: int, max_seconds: float, *, profile: bool) -> None:
-    server = build_server(sc, profile=profile)
+async def _serve(
+    sc: Scenario,
+    host: str,
+    port: int,
+    max_seconds: float,
+    *,
+    profile: bool,
+    cluster: dict[str, Any] | None,
+) -> None:
+    server = build_server(sc, profile=profile, cluster=cluster)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -321,12 +517,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cpu", type=int, default=None, help="pin the process to this CPU")
     p.add_argument("--max-seconds", type=float, default=3600.0)
     p.add_argument("--profile", action="store_true", help="serve the pyinstrument routes")
+    p.add_argument("--cluster", default=None, help="join a shared map: JSON, see the module")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="server %(levelname)s %(name)s: %(message)s")
     if a.cpu is not None:
         os.sched_setaffinity(0, {a.cpu})
     sc = Scenario.from_json(orjson.loads(a.config))
-    asyncio.run(_serve(sc, a.host, a.port, a.max_seconds, profile=a.profile))
+    cluster = orjson.loads(a.cluster) if a.cluster else None
+    asyncio.run(_serve(sc, a.host, a.port, a.max_seconds, profile=a.profile, cluster=cluster))
 
 
 if __name__ == "__main__":

@@ -297,3 +297,25 @@ def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> 
     shared, naive = run(World, TickLoop), run(NaiveWorld, NaiveTickLoop)
     assert shared == naive
     assert any(f["m"] == "resync" for f in shared[4])  # type: ignore[index]
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+def test_a_small_run_on_two_processes_matches_one(tmp_path: Path) -> None:
+    # One process, then two sharing the map through a redis-server of the bench's own.
+    result = small_run(tmp_path, "--sample-clients", "6", "--processes", "2")
+    assert (tmp_path / "gridworld-E500-C20-P2.json").exists()
+    assert set(result["runs"]) == {"synkworld", "cluster2"}
+    cluster = result["runs"]["cluster2"]
+    assert cluster["correctness"]["ok"], cluster["correctness"]
+    assert cluster["correctness"]["ids"] == {"in_two_worlds": 0, "examples": [], "lost": 0}
+    assert len(cluster["servers"]) == 2 and all(s["ticks"] > 0 for s in cluster["servers"])
+    # Clients on both processes, and the same final caches as on one process.
+    assert set(cluster["latency_ms"]["by_process"]) == {"0", "1"}
+    g = result["scaling"]
+    # Unless a process fell behind and skipped ticks of the motion (fewer versions).
+    assert g["same_client_caches"] is (True if not any(g["ticks_skipped_during_motion"]) else None)
+    assert g["efficiency"] > 0 and len(g["cpu_ms_per_tick_each"]) == 2
+    assert all(b > 0 for b in g["bytes_appended_per_tick_each"])
+    assert g["redis_used_memory_mb"] > 0
+    assert (tmp_path / "E500-C20-P2_scaling.png").stat().st_size > 1000
