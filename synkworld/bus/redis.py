@@ -243,16 +243,18 @@ class RedisBackend(BusBackend):
             self._k(f"s:{r}"): (f"{cursors[r]}-0" if cursors[r] >= 0 else "0-0") for r in regions
         }
         async with _errors():
-            await self._wiped()
-            wiped = self._losses != self._losses_read
-            self._losses_read = self._losses
             # No BLOCK for a read that must not wait: Redis expires blocked reads
             # only when its event loop wakes (every 1/hz s, 100 ms by default), so
             # even BLOCK 1 can take that long. Entries wake a blocked read at once.
             block = int(timeout_s * 1000)
-            reply: Any = await self._redis.xread(
-                streams, count=256, block=block if block >= 1 else None
-            )
+            # The generation is read in the same round trip, just before the entries.
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.get(self._k("gen"))
+            pipe.xread(streams, count=256, block=block if block >= 1 else None)
+            generation, reply = await pipe.execute()
+            await self._note_generation(_raw_or_none(generation))
+            wiped = self._losses != self._losses_read
+            self._losses_read = self._losses
         by_key = {self._k(f"s:{r}"): r for r in regions}
         records: list[Record] = []
         gaps: set[str] = set()
@@ -338,8 +340,11 @@ class RedisBackend(BusBackend):
 
     async def _wiped(self) -> bool:
         """Tells whether Redis lost the world's data since the last look (a restart)."""
+        return await self._note_generation(_raw_or_none(await self._redis.get(self._k("gen"))))
+
+    async def _note_generation(self, value: bytes | None) -> bool:
+        """`_wiped`, given the generation just read."""
         key = self._k("gen")
-        value = _raw_or_none(await self._redis.get(key))
         if self._generation is None:
             self._generation = value
             if value is None:
