@@ -8,10 +8,11 @@ seeds a SQLite store with the scenario's entities, starts N
 ``bench.gridworld_server --cluster`` processes (each an owner; the regions are
 shared out by the cluster itself), waits until every region is owned and every
 entity loaded, then runs the same clients as one process does, client i on
-process i mod N. Every process steps the whole motion in lockstep from one
-global tick and moves the entities it holds, so the world after the motion is
-the same as on one process and the sampled clients' caches are checked against
-the union of the processes' worlds.
+process i mod N (the sampled clients, which decode every frame and whose
+caches are checked, take turns). Every process steps the whole motion in
+lockstep from one global tick and moves the entities it holds, so the world
+after the motion is the same as on one process and the sampled clients'
+caches are checked against the union of the processes' worlds.
 
 Pinning: server k on CPU k mod n, the load generators on the CPUs after the
 servers' (on two cores they share with a server), redis-server unpinned. The
@@ -217,6 +218,10 @@ async def run_cluster_once(sc: Scenario, opts: Options, processes: int) -> dict[
                 sampled_set = set(sampled)
                 others = [i for i in range(sc.clients) if i not in sampled_set]
                 shares = [sampled[k::procs_lg] + others[k::procs_lg] for k in range(procs_lg)]
+                # Client i on process i mod N, but the sampled ones (evenly spaced, so
+                # possibly all even) take turns: every process has some checked.
+                process_of = {i: i % processes for i in range(sc.clients)}
+                process_of.update({i: k % processes for k, i in enumerate(sampled)})
                 loadgens: list[Child] = []
                 for k in range(procs_lg):
                     config = {
@@ -225,6 +230,7 @@ async def run_cluster_once(sc: Scenario, opts: Options, processes: int) -> dict[
                         "scenario": sc.to_json(),
                         "indices": sorted(shares[k]),
                         "sampled": sampled[k::procs_lg],
+                        "process_of": {str(i): process_of[i] for i in shares[k]},
                         "breakdown_every": opts.breakdown_every,
                         "connect_concurrency": opts.connect_concurrency,
                     }

@@ -137,8 +137,8 @@ class Client:
         self.close_code: int | None = None
         self.path: PanPath = pan_path(gen.sc, index)
         self.next_view = 0.0
-        # Spread over the processes of a cluster: client i on process i mod N.
-        self.url = gen.urls[index % len(gen.urls)]
+        # Spread over the processes of a cluster, as the coordinator says (i mod N by default).
+        self.url = gen.urls[gen.process_of.get(index, index % len(gen.urls))]
 
     @property
     def wire_bytes(self) -> int:
@@ -249,6 +249,9 @@ class LoadGenerator:
     def __init__(self, config: dict[str, Any]) -> None:
         self.sc = Scenario.from_json(config["scenario"])
         self.urls: list[str] = list(config.get("urls") or [config["url"]])
+        self.process_of: dict[int, int] = {
+            int(i): int(p) for i, p in config.get("process_of", {}).items()
+        }
         self.breakdown_every: int = max(1, int(config.get("breakdown_every", 10)))
         self.connect_concurrency: int = int(config.get("connect_concurrency", 50))
         sampled = set(config["sampled"])
