@@ -234,6 +234,7 @@ class ClusterPort(BusPort):
         for oid in ids:
             self.object_epoch.pop(oid, None)
         for region in lost:
+            self._acks.pop(region, None)
             self.unheld.discard(region)
             self.valid_until.pop(region, None)
             del self.owned[region]
@@ -480,6 +481,10 @@ class ClusterPort(BusPort):
                     self.unheld.add(r)
                 else:
                     published.fenced.add(r)
+            if status is not AppendStatus.OK and builders[r].adopted:
+                # The acknowledgements go in the region's next entry (their sources and
+                # the readers wait for them; a second one is harmless).
+                self._acks[r] = builders[r].adopted + self._acks.get(r, [])
         if first is not None and builders[first].resent:
             carried = dict(zip((a.region for a in appends), statuses, strict=True)).get(first)
             if carried is not AppendStatus.OK:
@@ -754,6 +759,9 @@ class ClusterPort(BusPort):
         """Entries of a region were lost before this process read them."""
         self._gaps += 1
         self._late.add(region)
+        # A lost entry may have carried the acknowledgement of a handover: what was in
+        # transit may have been adopted (and gone on) since. Everyone resyncs anyway.
+        self._transit.clear()
         log.warning("entries of region %s were lost before they were read: a resync", region)
         # Lost entries may have carried incoming adds into any key: resync everyone.
         self._owe_keys(None)

@@ -316,3 +316,51 @@ async def test_a_resync_while_an_object_crosses_to_a_late_reader_keeps_the_objec
     assert in_transit_at_resync == [True]  # the case this test is about did happen
     assert p0.world.get("w1") is not None and cluster.owed() == 0
     assert a.mirror.teardown_count == 0 and b.mirror.teardown_count == 0
+
+
+@pytest.mark.parametrize("loss", ["entry lost", "append failed"])
+async def test_a_lost_acknowledgement_leaves_no_copy_of_the_object_in_transit(loss: str) -> None:
+    # The walker is handed from p1 to p0, and p0's entry that acknowledges it is lost
+    # (readers see a gap) or never appended (p0 is cut off from the bus for a tick:
+    # the acknowledgement goes in its next entry). The walker walks on, inside p0's
+    # world, into a cell of another of p0's regions. The resyncs that follow must
+    # show it once, where it is: not also where it was handed into, as if still on
+    # its way there.
+    cluster = InProcessCluster(owners=2)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 40.5, 45.0)]))
+    await cluster.start()
+    p0, p1 = cluster.procs
+    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
+    assert p1.node.port.owns("main:4:4")
+    a, b = cluster.twins(p0, p1)
+    for c in (a, b):
+        c.session.view("main", (0, 40, 60, 60), margin=0)
+    await cluster.run(3, check=True)
+    start = cluster.tick
+
+    def before(n: int) -> None:
+        k = n - start
+        obj = cluster.find("w1")
+        if k == 1:
+            assert obj is not None and obj.world is p1.world
+            p1.world.move(obj, 39.5, 45.0)
+        elif k == 2 and loss == "entry lost":
+            cluster.hub.drop_next("main/1/2")  # p0's entry with the acknowledgement
+        elif k == 2:
+            cluster.hub.disconnect("p0")
+        elif k == 3:
+            cluster.hub.reconnect("p0")
+        elif k == 16:
+            cluster.hub.delay("main/0/2", 1.5 / RATE)  # p1's sessions resync again
+        elif k == 17:
+            cluster.hub.delay("main/0/2", 0)
+        if k >= 3 and obj is not None and obj.x > 15.0:
+            assert obj.world is p0.world
+            p0.world.move(obj, obj.x - 2.0, obj.y)
+
+    await cluster.run(25, before_tick=before, check=True, twins=False)
+    assert cluster.find("w1") is not None and cluster.find("w1").key == "main:1:4"  # type: ignore[union-attr]
+    assert p0.world.get("w1") is not None and cluster.owed() == 0
+    assert b.mirror.resyncs >= 2
+    assert b.mirror.violations == 0 and a.mirror.violations == 0
+    assert p1.node.statistics().gaps == (1 if loss == "entry lost" else 0)
