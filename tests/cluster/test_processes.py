@@ -240,12 +240,6 @@ async def test_three_processes_share_one_map_and_survive_an_owner_killed(tmp_pat
     await run_cluster(tmp_path, ["kill"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, intermittent (about 1 run in 8): after a Redis restart a client may get "
-    "motion for an object it never saw enter; after an owner's stall a walker may be missing. "
-    "Issue 13 stays open for it (docs/cluster.md, known limits).",
-)
 async def test_three_processes_share_one_map_through_a_redis_restart_and_a_stall(
     tmp_path: Path,
 ) -> None:
