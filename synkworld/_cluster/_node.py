@@ -206,6 +206,7 @@ class ClusterNode:
         self._ready = False
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._closing = False
         self._calls: dict[str, asyncio.Future[Any]] = {}
         self._call_ids = itertools.count(1)
         self.run_call: CallRunner | None = None
@@ -277,12 +278,20 @@ class ClusterNode:
 
     async def close(self) -> None:
         """Stops the background tasks and gives up every lease still held."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks = []
+        self._closing = True
+        tasks, self._tasks = self._tasks, []
+        for _ in range(3):
+            if not tasks:
+                break
+            # Cancelled again if need be: a client library's timeout can turn a
+            # cancellation into a timeout error, which the loops take as the bus
+            # being away (they also stop at their next round, seeing `_closing`).
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=1.0)
+            tasks = list(pending)
+        if tasks:
+            log.error("background tasks did not stop: %s", ", ".join(t.get_name() for t in tasks))
         self.info.update(leaving=True, closed=True)
         with contextlib.suppress(BusUnavailableError):
             # Said before the leases go, so that a takeover reads what was left unwritten.
@@ -295,7 +304,7 @@ class ClusterNode:
 
     async def _upkeep_loop(self) -> None:
         every = self.settings.lease_ttl_s / 3
-        while True:
+        while not self._closing:
             try:
                 await self.maintain()
             except BusUnavailableError as e:
@@ -531,7 +540,7 @@ class ClusterNode:
             self._calls.pop(cid, None)
 
     async def _inbox_loop(self) -> None:
-        while True:
+        while not self._closing:
             try:
                 messages = await self.backend.receive(self.node, 1.0)
             except BusUnavailableError:
