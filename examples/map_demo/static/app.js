@@ -174,14 +174,22 @@ function mapInfo() {
   return info ?? { cell: 500, origin: [0, 0], bounds: [0, 0, 20000, 20000], pos: ["x", "y"], prec: 0 };
 }
 
-client.on("hello", () => {
-  // Which process serves this page (several may share the map): /healthz says.
+// Which process serves this page (several may share the map): /healthz says. Asked
+// again now and then: the regions a process owns change as processes come and go.
+function showProcess() {
   fetch("/healthz")
     .then((r) => r.json())
     .then((h) => {
       $("s-node").textContent = h.node ? `${h.node} (${h.regions} regions)` : "one process";
     })
     .catch(() => {});
+}
+setInterval(() => {
+  if (client.state === "ready") showProcess();
+}, 5000);
+
+client.on("hello", () => {
+  showProcess();
   client
     .call("hello")
     .then((r) => {
