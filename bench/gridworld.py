@@ -148,6 +148,80 @@ class Child:
 # -- progress -------------------------------------------------------------------------------
 
 
+class LoadGenerators:
+    """The load-generator processes of one run, each with its share of the clients."""
+
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+
+    @classmethod
+    async def start(
+        cls,
+        sc: Scenario,
+        opts: Options,
+        urls: list[str],
+        cpus: list[int | None],
+        log_prefix: Path,
+        started: list[Child],
+    ) -> LoadGenerators:
+        """Starts them (added to `started` as they start) and waits until every client is in.
+
+        Client i connects to ``urls[i mod len(urls)]``; the sampled clients (evenly
+        spaced, so possibly all even) take turns, so that every server has some checked.
+        """
+        n = max(1, min(sc.loadgen_procs, sc.clients))
+        sampled = sc.sampled()
+        # Round robin, the sampled clients apart: each process decodes its share of them.
+        sampled_set = set(sampled)
+        others = [i for i in range(sc.clients) if i not in sampled_set]
+        shares = [sampled[k::n] + others[k::n] for k in range(n)]
+        server_of = {i: i % len(urls) for i in range(sc.clients)}
+        server_of.update({i: k % len(urls) for k, i in enumerate(sampled)})
+        children: list[Child] = []
+        for k in range(n):
+            config = {
+                "url": urls[0],
+                "urls": urls,
+                "scenario": sc.to_json(),
+                "indices": sorted(shares[k]),
+                "sampled": sampled[k::n],
+                "process_of": {str(i): server_of[i] for i in shares[k]},
+                "breakdown_every": opts.breakdown_every,
+                "connect_concurrency": opts.connect_concurrency,
+            }
+            lg = await Child.start(
+                f"loadgen{k}",
+                "bench.gridworld_loadgen",
+                ["--config", orjson.dumps(config).decode()],
+                log_prefix.with_name(f"{log_prefix.name}-loadgen{k}.log"),
+                cpus[k % len(cpus)],
+            )
+            children.append(lg)
+            started.append(lg)
+        connected = [await lg.event(timeout=120 + sc.clients / 10) for lg in children]
+        failed = sum(e["failed"] for e in connected)
+        if failed:
+            raise RuntimeError(f"{failed} of {sc.clients} clients failed to connect")
+        return cls(children)
+
+    async def send(self, cmd: dict[str, Any]) -> None:
+        """Sends a command that has no answer to every load generator."""
+        for lg in self.children:
+            await lg.send(cmd)
+
+    async def ask(self, cmd: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        """Sends a command to every load generator; their answers."""
+        await self.send(cmd)
+        return [await lg.event(timeout=timeout) for lg in self.children]
+
+    async def close(self) -> None:
+        """Closes every client (a load generator already gone is not an error)."""
+        await self.send({"cmd": "close"})
+        for lg in self.children:
+            with contextlib.suppress(RuntimeError):
+                await lg.event(timeout=20)
+
+
 class Progress:
     """Progress on stderr: a redrawn bar on a terminal, a line every few seconds otherwise."""
 
@@ -252,40 +326,12 @@ async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
         sproc = psutil.Process(ready["pid"])
 
         procs = max(1, min(sc.loadgen_procs, sc.clients))
-        sampled = sc.sampled()
-        # Round robin, the sampled clients apart: each process decodes its share of them.
-        sampled_set = set(sampled)
-        others = [i for i in range(sc.clients) if i not in sampled_set]
-        shares = [sampled[k::procs] + others[k::procs] for k in range(procs)]
-        loadgens: list[Child] = []
-        for k in range(procs):
-            config = {
-                "url": url,
-                "scenario": sc.to_json(),
-                "indices": sorted(shares[k]),
-                "sampled": sampled[k::procs],
-                "breakdown_every": opts.breakdown_every,
-                "connect_concurrency": opts.connect_concurrency,
-            }
-            lg = await Child.start(
-                f"loadgen{k}",
-                "bench.gridworld_loadgen",
-                ["--config", orjson.dumps(config).decode()],
-                logs / f"{mode_name}-loadgen{k}.log",
-                lg_cpus[k % len(lg_cpus)],
-            )
-            loadgens.append(lg)
-            children.append(lg)
         progress.note(f"connecting {sc.clients} clients over {procs} load generator(s) ...")
-        connected = [await lg.event(timeout=120 + sc.clients / 10) for lg in loadgens]
-        failed = sum(e["failed"] for e in connected)
-        if failed:
-            raise RuntimeError(f"{failed} of {sc.clients} clients failed to connect")
+        loadgens = await LoadGenerators.start(sc, opts, [url], lg_cpus, logs / mode_name, children)
 
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
             go = await _http(http, "POST", url + "/bench/go")
-            for lg in loadgens:
-                await lg.send({"cmd": "go", "t0": go["t0"]})
+            await loadgens.send({"cmd": "go", "t0": go["t0"]})
             await progress.wait(sc.warmup_s, "warm-up")
 
             # The measured window: the server's CPU is read from outside, by pid.
@@ -294,17 +340,12 @@ async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
             cpu0 = sproc.cpu_times()
             wait0 = runqueue_wait_s(sproc.pid)
             t_start = time.time()
-            for lg in loadgens:
-                await lg.send({"cmd": "mark"})
-            for lg in loadgens:
-                await lg.event(timeout=30)
+            await loadgens.ask({"cmd": "mark"}, timeout=30)
             await progress.wait(sc.seconds, "measuring")
             cpu1 = sproc.cpu_times()
             wait1 = runqueue_wait_s(sproc.pid)
             t_end = time.time()
-            for lg in loadgens:
-                await lg.send({"cmd": "end"})
-            windows = [await lg.event(timeout=60) for lg in loadgens]
+            windows = await loadgens.ask({"cmd": "end"}, timeout=60)
             profile: dict[str, Any] = {}
             if opts.profile:
                 profile = await _http(http, "POST", url + "/bench/profile/stop")
@@ -327,10 +368,7 @@ async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
                 if not state.get("forced_freeze")
                 else time.time() - go["t0"]
             )
-            for lg in loadgens:
-                await lg.send({"cmd": "final", "t": final_t})
-            for lg in loadgens:
-                await lg.event(timeout=60)
+            await loadgens.ask({"cmd": "final", "t": final_t}, timeout=60)
             settled_polls = 0
             deadline = time.monotonic() + 60
             settle: dict[str, Any] = {}
@@ -338,16 +376,10 @@ async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
                 await asyncio.sleep(0.15)
                 settle = await _http(http, "GET", url + "/bench/settled")
                 settled_polls = settled_polls + 1 if settle["settled"] else 0
-            for lg in loadgens:
-                await lg.send({"cmd": "check", "timeout": 15})
-            checks = [await lg.event(timeout=90) for lg in loadgens]
+            checks = await loadgens.ask({"cmd": "check", "timeout": 15}, timeout=90)
             ticks = await _http(http, "GET", url + "/bench/ticks")
             stats = await _http(http, "GET", url + "/bench/stats")
-            for lg in loadgens:
-                await lg.send({"cmd": "close"})
-            for lg in loadgens:
-                with contextlib.suppress(RuntimeError):
-                    await lg.event(timeout=20)
+            await loadgens.close()
     finally:
         for child in reversed(children):
             await child.stop()

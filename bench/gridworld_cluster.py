@@ -37,7 +37,16 @@ import aiohttp
 import orjson
 import psutil  # type: ignore[import-untyped]
 
-from bench.gridworld import Child, Options, Progress, _figures, _http, _r, percentile
+from bench.gridworld import (
+    Child,
+    LoadGenerators,
+    Options,
+    Progress,
+    _figures,
+    _http,
+    _r,
+    percentile,
+)
 from bench.gridworld_scenario import Scenario, runqueue_wait_s
 from bench.gridworld_server import entity_documents
 
@@ -214,40 +223,10 @@ async def run_cluster_once(sc: Scenario, opts: Options, processes: int) -> dict[
                 progress.note("sharing out the regions ...")
                 health = await _shared_out(http, urls, sc, timeout_s=60 + sc.entities / 500)
 
-                sampled = sc.sampled()
-                sampled_set = set(sampled)
-                others = [i for i in range(sc.clients) if i not in sampled_set]
-                shares = [sampled[k::procs_lg] + others[k::procs_lg] for k in range(procs_lg)]
-                # Client i on process i mod N, but the sampled ones (evenly spaced, so
-                # possibly all even) take turns: every process has some checked.
-                process_of = {i: i % processes for i in range(sc.clients)}
-                process_of.update({i: k % processes for k, i in enumerate(sampled)})
-                loadgens: list[Child] = []
-                for k in range(procs_lg):
-                    config = {
-                        "url": urls[0],
-                        "urls": urls,
-                        "scenario": sc.to_json(),
-                        "indices": sorted(shares[k]),
-                        "sampled": sampled[k::procs_lg],
-                        "process_of": {str(i): process_of[i] for i in shares[k]},
-                        "breakdown_every": opts.breakdown_every,
-                        "connect_concurrency": opts.connect_concurrency,
-                    }
-                    lg = await Child.start(
-                        f"loadgen{k}",
-                        "bench.gridworld_loadgen",
-                        ["--config", orjson.dumps(config).decode()],
-                        logs / f"cluster{processes}-loadgen{k}.log",
-                        lg_cpus[k],
-                    )
-                    loadgens.append(lg)
-                    children.append(lg)
                 progress.note(f"connecting {sc.clients} clients to {processes} processes ...")
-                connected = [await lg.event(timeout=120 + sc.clients / 10) for lg in loadgens]
-                failed = sum(e["failed"] for e in connected)
-                if failed:
-                    raise RuntimeError(f"{failed} of {sc.clients} clients failed to connect")
+                loadgens = await LoadGenerators.start(
+                    sc, opts, urls, lg_cpus, logs / f"cluster{processes}", children
+                )
 
                 # One global tick for the first motion step, a second ahead, on every process.
                 states = [await _http(http, "GET", u + "/bench/state") for u in urls]
@@ -257,27 +236,21 @@ async def run_cluster_once(sc: Scenario, opts: Options, processes: int) -> dict[
                 at = max(s["tick"] for s in states) + round(sc.tick_rate_hz)
                 gos = [await _http(http, "POST", u + "/bench/go", {"at": at}) for u in urls]
                 t0 = gos[0]["t0"]
-                for lg in loadgens:
-                    await lg.send({"cmd": "go", "t0": t0})
+                await loadgens.send({"cmd": "go", "t0": t0})
                 await progress.wait(sc.warmup_s + max(0.0, t0 - time.time()), "warm-up")
 
                 cpu0 = [p.cpu_times() for p in sprocs]
                 wait0 = [runqueue_wait_s(p.pid) for p in sprocs]
                 bus0 = [(await _http(http, "GET", u + "/bench/stats"))["bus"] for u in urls]
                 t_start = time.time()
-                for lg in loadgens:
-                    await lg.send({"cmd": "mark"})
-                for lg in loadgens:
-                    await lg.event(timeout=30)
+                await loadgens.ask({"cmd": "mark"}, timeout=30)
                 await progress.wait(sc.seconds, "measuring")
                 cpu1 = [p.cpu_times() for p in sprocs]
                 wait1 = [runqueue_wait_s(p.pid) for p in sprocs]
                 t_end = time.time()
                 bus1 = [(await _http(http, "GET", u + "/bench/stats"))["bus"] for u in urls]
                 redis_memory = await redis.used_memory()
-                for lg in loadgens:
-                    await lg.send({"cmd": "end"})
-                windows = [await lg.event(timeout=60) for lg in loadgens]
+                windows = await loadgens.ask({"cmd": "end"}, timeout=60)
 
                 progress.note("waiting for the last motion tick, then checking the caches ...")
                 deadline = time.monotonic() + opts.freeze_wait_s
@@ -288,10 +261,7 @@ async def run_cluster_once(sc: Scenario, opts: Options, processes: int) -> dict[
                 if not all(s["frozen"] for s in states):
                     raise RuntimeError(f"the motion did not end in time: {states}")
                 final_t = sc.motion_ticks / sc.tick_rate_hz
-                for lg in loadgens:
-                    await lg.send({"cmd": "final", "t": final_t})
-                for lg in loadgens:
-                    await lg.event(timeout=60)
+                await loadgens.ask({"cmd": "final", "t": final_t}, timeout=60)
                 settled_polls = 0
                 deadline = time.monotonic() + 60
                 settles: list[dict[str, Any]] = []
@@ -300,17 +270,11 @@ async def run_cluster_once(sc: Scenario, opts: Options, processes: int) -> dict[
                     settles = [await _http(http, "GET", u + "/bench/settled") for u in urls]
                     all_settled = all(s["settled"] for s in settles)
                     settled_polls = settled_polls + 1 if all_settled else 0
-                for lg in loadgens:
-                    await lg.send({"cmd": "check", "timeout": 15})
-                checks = [await lg.event(timeout=90) for lg in loadgens]
+                checks = await loadgens.ask({"cmd": "check", "timeout": 15}, timeout=90)
                 ids = [await _http(http, "GET", u + "/bench/ids") for u in urls]
                 ticks = [await _http(http, "GET", u + "/bench/ticks") for u in urls]
                 stats = [await _http(http, "GET", u + "/bench/stats") for u in urls]
-                for lg in loadgens:
-                    await lg.send({"cmd": "close"})
-                for lg in loadgens:
-                    with contextlib.suppress(RuntimeError):
-                        await lg.event(timeout=20)
+                await loadgens.close()
         finally:
             for child in reversed(children):
                 await child.stop()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
+
+from tests.web.support import WEB
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,3 +23,14 @@ def spill_journals_in_a_temporary_directory(
         os.environ.pop("SYNKWORLD_SPILL_DIR", None)
     else:
         os.environ["SYNKWORLD_SPILL_DIR"] = old
+
+
+@pytest.fixture
+def node() -> str:
+    """The path of the `node` executable; skips when Node or web/node_modules is missing."""
+    exe = shutil.which("node")
+    if exe is None:
+        pytest.skip("node is not on PATH (Node.js 20 is needed for the JavaScript client tests)")
+    if not (WEB / "node_modules" / "ws").is_dir():
+        pytest.skip("web/node_modules/ws is missing: run `npm ci` in web/")
+    return exe

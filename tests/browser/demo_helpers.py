@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,11 +49,20 @@ def free_port() -> int:
 class DemoServer:
     """`python -m examples.map_demo` in a subprocess; its output goes to a log file."""
 
-    def __init__(self, db: Path, log: Path, *, port: int | None = None, agents: int = 1500) -> None:
+    def __init__(
+        self,
+        db: Path,
+        log: Path,
+        *,
+        port: int | None = None,
+        agents: int = 1500,
+        args: Sequence[str] = (),
+    ) -> None:
         self.db = db
         self.log_path = log
         self.port = port or free_port()
         self.agents = agents
+        self.args = list(args)  # more command-line options (a cluster's --redis, --node)
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -73,6 +82,7 @@ class DemoServer:
             "--agents",
             str(self.agents),
             "--test-hooks",
+            *self.args,
         ]
         self.proc = start_process(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
@@ -90,11 +100,19 @@ class DemoServer:
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """Stops the server with SIGTERM (it flushes its store); kills it if it hangs."""
+        self.signal()
+        return self.wait(timeout_s)
+
+    def signal(self) -> None:
+        """Sends SIGTERM (several servers are stopped at once: signal all, then wait)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout_s: float = 15.0) -> int | None:
+        """Waits for the exit after `signal()`; kills the server if it hangs."""
         proc, self.proc = self.proc, None
         code = None
         if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -20,18 +20,12 @@ import contextlib
 import json
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import aiohttp
 import pytest
-
-from synkworld.testing import start_process
 
 try:  # tests/browser is a package in some layouts and a plain folder in others
     from tests.browser import demo_helpers as h
@@ -115,46 +109,14 @@ SPOT_IN = """(keys) => {
 }""".replace("(FREE_SPOT)", f"({h.FREE_SPOT})")
 
 
-@dataclass
-class DemoProcess:
+class DemoProcess(h.DemoServer):
     """`python -m examples.map_demo --redis ...`, as scripts/demo-cluster.sh starts it."""
 
-    redis: str
-    db: Path
-    log_path: Path
-    port: int = field(default_factory=h.free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    _log: IO[bytes] | None = None
-
-    @property
-    def node(self) -> str:
-        return f"demo-{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._log = self.log_path.open("ab")
-        cmd = [
-            sys.executable,
-            "-m",
-            "examples.map_demo",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--redis",
-            self.redis,
-            "--node",
-            self.node,
-            "--db",
-            str(self.db),
-            "--agents",
-            str(AGENTS),
-            "--test-hooks",
-        ]
-        self.proc = start_process(cmd, cwd=h.ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+    def __init__(self, redis: str, db: Path, log: Path) -> None:
+        port = h.free_port()
+        self.node = f"demo-{port}"
+        args = ["--host", "127.0.0.1", "--redis", redis, "--node", self.node]
+        super().__init__(db, log, port=port, agents=AGENTS, args=args)
 
     async def health(self, http: aiohttp.ClientSession) -> dict[str, Any] | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -164,40 +126,6 @@ class DemoProcess:
                 if r.status == 200:
                     return dict(await r.json())
         return None
-
-    def signal(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout_s: float = 30.0) -> int | None:
-        """Waits for the exit after `signal()`; kills the process if it hangs."""
-        proc, self.proc = self.proc, None
-        code = None
-        if proc is not None:
-            try:
-                code = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-async def serving(http: aiohttp.ClientSession, node: DemoProcess, timeout_s: float) -> None:
-    """Waits until the process answers /healthz."""
-    deadline = time.monotonic() + timeout_s
-    while (await node.health(http)) is None:
-        assert time.monotonic() < deadline, f"no /healthz after {timeout_s} s:\n{node.log_tail()}"
-        await asyncio.sleep(0.1)
 
 
 async def owning(http: aiohttp.ClientSession, nodes: list[DemoProcess], timeout_s: float) -> None:
@@ -337,8 +265,7 @@ async def test_demo_on_two_processes(tmp_path: Path) -> None:
             # once, as the script does, one may stop at start-up on "SQLite: database is
             # locked", seldom; not what this test is about.)
             for n in nodes:
-                n.start()
-                await serving(http, n, timeout_s=30)
+                await n.start(timeout_s=30)
             await owning(http, nodes, timeout_s=30)
         async with h.chromium() as browser:
             pages = [await h.open_demo(browser, n.url) for n in nodes]
@@ -433,11 +360,11 @@ async def test_demo_on_two_processes(tmp_path: Path) -> None:
 
         for n in nodes:
             n.signal()
-        codes = [n.wait() for n in nodes]
+        codes = [n.wait(timeout_s=30) for n in nodes]
         assert codes == [0, 0], "\n".join(f"-- {n.node}:\n{n.log_tail()}" for n in nodes)
     finally:
         for n in nodes:
             n.signal()
         for n in nodes:
-            n.wait()
+            n.wait(timeout_s=30)
         redis.stop()

@@ -25,12 +25,7 @@ with a resync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import signal
-import subprocess
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +35,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from synkworld.store import SQLiteStore, WriteBatch
-from synkworld.testing import start_process_async
 from tests.bus.support import RedisServer, free_port
-from tests.cluster.test_processes import Proc, healthy, serve
+from tests.cluster.test_processes import Proc, healthy, serve, stop
 from tests.cluster.walkers_app import CELL, SIZE
-from tests.web.support import WEB
-from tests.web.test_conformance import SCRIPT, NodeClient
+from tests.web.test_conformance import NodeClient, node_client
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
@@ -88,44 +81,6 @@ def walker_document() -> dict[str, object]:
 def region_of(key: str) -> str:
     _, cx, cy = key.split(":")
     return f"main/{int(cx) // REGION_CELLS}/{int(cy) // REGION_CELLS}"
-
-
-@pytest.fixture
-def node() -> str:
-    """The `node` executable; skips without Node or web/node_modules (as tests/web does)."""
-    exe = shutil.which("node")
-    if exe is None:
-        pytest.skip("node is not on PATH (Node.js 20 is needed for the JavaScript client tests)")
-    if not (WEB / "node_modules" / "ws").is_dir():
-        pytest.skip("web/node_modules/ws is missing: run `npm ci` in web/")
-    return exe
-
-
-@contextlib.asynccontextmanager
-async def js_client(node: str, proc: Proc, tmp: Path) -> AsyncIterator[NodeClient]:
-    """The library in Node, connected to `proc`, with hooks logged for walkers."""
-    stderr = tmp / f"node-{proc.name}-stderr.txt"
-    with stderr.open("wb") as err:
-        child = await start_process_async(
-            node,
-            str(SCRIPT),
-            proc.url,
-            "walker",
-            cwd=WEB,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-        )
-    client = NodeClient(child, stderr)
-    try:
-        hello = await client.read()
-        assert hello.get("event") == "hello", hello
-        client.hello = hello["hello"]
-        yield client
-    finally:
-        if child.returncode is None:
-            child.kill()
-        await child.wait()
 
 
 async def leases(url: str) -> dict[str, str]:
@@ -261,8 +216,8 @@ async def test_js_clients_on_two_processes_see_a_walker_cross_their_border(
             ready = time.monotonic()
 
             async with (
-                js_client(node, procs[0], tmp_path) as a,
-                js_client(node, procs[1], tmp_path) as b,
+                node_client(node, procs[0].url, tmp_path, types="walker", name="p0") as a,
+                node_client(node, procs[1].url, tmp_path, types="walker", name="p1") as b,
             ):
                 clients = [a, b]
                 for c in clients:
@@ -334,15 +289,7 @@ async def test_js_clients_on_two_processes_see_a_walker_cross_their_border(
                 f"{[after[i]['synkworld_ticks_behind_total'] for i in range(2)]}"
             )
     finally:
-        for p in procs:
-            if p.process.poll() is None:
-                p.process.send_signal(signal.SIGTERM)
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.process.wait(timeout=20)
-            if p.process.poll() is None:
-                p.process.kill()
-                p.process.wait()
+        stop(procs)
         redis.stop()
     print(
         f"stopped after {time.monotonic() - started:.1f} s; exit codes "

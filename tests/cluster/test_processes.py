@@ -114,6 +114,19 @@ def serve(name: str, port: int, redis: str, db: Path, *, gateway: bool = False) 
         return Proc(name, port, start_process(args, cwd=ROOT, env=env, stdout=log, stderr=log))
 
 
+def stop(procs: list[Proc], timeout_s: float = 20.0) -> None:
+    """SIGTERM to every process at once, then each is waited for (killed if it hangs)."""
+    for p in procs:
+        if p.process.poll() is None:
+            p.process.send_signal(signal.SIGTERM)
+    for p in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.process.wait(timeout=timeout_s)
+        if p.process.poll() is None:
+            p.process.kill()
+            p.process.wait()
+
+
 async def healthy(http: aiohttp.ClientSession, proc: Proc) -> dict[str, object]:
     for _ in range(400):
         if proc.process.poll() is not None:
@@ -222,14 +235,7 @@ async def run_cluster(tmp_path: Path, faults: list[str]) -> dict[str, float]:
                     v.task.cancel()
             print("\nsettled after (s):", {k: round(t, 2) for k, t in figures.items()})
     finally:
-        for p in procs:
-            if p.process.poll() is None:
-                p.process.send_signal(signal.SIGTERM)
-        for p in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.process.wait(timeout=20)
-            if p.process.poll() is None:
-                p.process.kill()
+        stop(procs)
         redis.stop()
     # A graceful shutdown (SIGTERM) ends with 0.
     assert all(p.process.returncode == 0 for p in procs[1:])

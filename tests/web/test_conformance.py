@@ -114,14 +114,17 @@ class NodeClient:
 
 
 @contextlib.asynccontextmanager
-async def node_client(node: str, url: str, tmp: Path) -> AsyncIterator[NodeClient]:
-    stderr = tmp / "node-stderr.txt"
+async def node_client(
+    node: str, url: str, tmp: Path, *, types: str = TRACKED_TYPES, name: str = "node"
+) -> AsyncIterator[NodeClient]:
+    """The library in Node, connected to `url`, with hooks logged for `types`."""
+    stderr = tmp / f"{name}-stderr.txt"
     with stderr.open("wb") as err:
         proc = await start_process_async(
             node,
             str(SCRIPT),
             url,
-            TRACKED_TYPES,
+            types,
             cwd=WEB,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
