@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from synkworld import (
     BusUnavailableError,
     GridMap,
@@ -263,17 +265,33 @@ class InProcessCluster:
         return out
 
     def in_transit(self) -> dict[str, dict[str, Any]]:
-        """Objects released by their source and not in any world yet."""
+        """Objects released by their source and not in any world yet.
+
+        A source's outbox may still list an object whose adopter has acknowledged it
+        (the source skipped the tick that read the acknowledgement): the entries on
+        the bus say which were adopted.
+        """
+        acked = self._acknowledged()
         docs = {
             oid: sent.doc
             for p in self.live
             for oid, sent in p.node.port._outbox.items()
-            if sent.shown  # the frames showed it arrive; otherwise it shows when adopted
+            # The frames showed it arrive; otherwise it shows when adopted.
+            if sent.shown and (oid, sent.key) not in acked
         }
         for p in self.live:
             for oid in [oid for oid in docs if p.world.get(oid) is not None]:
                 del docs[oid]
         return docs
+
+    def _acknowledged(self) -> set[tuple[str, str]]:
+        """(id, key) of every adoption an entry on the bus acknowledges."""
+        out: set[tuple[str, str]] = set()
+        for stream in self.hub._streams.values():
+            for record, _ in stream.entries:
+                header = orjson.loads(record.fields[b"h"])
+                out.update((str(oid), str(key)) for oid, key, _, _ in header.get("ad", ()))
+        return out
 
     def ids(self) -> dict[str, str]:
         """Every live object's id, and the process whose world holds it; no id twice."""
