@@ -24,6 +24,7 @@ frames, so that no cache is ever wrong, only late.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -176,6 +177,10 @@ class ClusterPort(BusPort):
         # out in frames, and until the owner's entry says it adopted them, its
         # snapshots of the key may not show them (it read the handover late).
         self._transit: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {}
+        # Adoptions acknowledged lately, (id, source region, source tick), oldest first:
+        # a reader that reads the source's region late can read the acknowledgement
+        # before the handover, which is then not on its way any more.
+        self._acknowledged: dict[tuple[str, str, int], None] = {}
         self._adopt: list[tuple[dict[str, Any], str, str, int, bool, bool]] = []
         self._arrivals: list[Entry] = []
         self._wants: dict[str, set[str]] = {}
@@ -721,8 +726,10 @@ class ClusterPort(BusPort):
         holder = self.holders.get(region)
         if holder is None or holder.epoch <= entry.epoch:
             self.holders[region] = Lease(entry.node, entry.epoch)
+        acknowledged = self._acknowledged
         for oid, key, src_region, src_tick in entry.adopted:
             self._outbox.pop(oid, None)
+            acknowledged[oid, src_region, src_tick] = None
             in_key = self._transit.get(key)
             if in_key is not None and in_key.pop(oid, None) is not None and not in_key:
                 del self._transit[key]
@@ -731,11 +738,16 @@ class ClusterPort(BusPort):
                 self._owe_keys({key})
         if not on_time and entry.incoming:
             self._owe_keys(set(entry.incoming))
+        if len(acknowledged) > 4096:
+            for old in list(itertools.islice(acknowledged, len(acknowledged) - 4096)):
+                del acknowledged[old]
         for key, adds in entry.incoming.items():
             if self._region(key) not in self.owned:
-                in_key = self._transit.setdefault(key, {})
-                for add in adds:
-                    in_key[add["id"]] = (entry.tick, add)
+                waiting = [a for a in adds if (a["id"], region, entry.tick) not in acknowledged]
+                if waiting:
+                    in_key = self._transit.setdefault(key, {})
+                    for add in waiting:
+                        in_key[add["id"]] = (entry.tick, add)
         for doc in entry.handovers:
             self._adopt.append((doc, doc["key"], region, entry.tick, False, not on_time))
         for doc in entry.resent:

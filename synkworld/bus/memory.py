@@ -37,8 +37,8 @@ __all__ = ["MemoryBackend", "MemoryHub"]
 
 @dataclass
 class _Stream:
-    entries: list[tuple[Record, float]] = field(default_factory=list)
-    """(record, readable from) in tick order."""
+    entries: list[tuple[Record, float, Mapping[str, float]]] = field(default_factory=list)
+    """(record, readable from, readable from for the readers delayed apart) in tick order."""
     last_tick: int = -1
     """The highest tick ever appended (kept when entries are trimmed or lost)."""
 
@@ -58,6 +58,7 @@ class MemoryHub:
         self._inbox: dict[str, list[bytes]] = {}
         self._changed = asyncio.Condition()
         self._delays: dict[str, float] = {}
+        self._reader_delays: dict[str, dict[str, float]] = {}  # region -> node -> seconds
         self._drops: dict[str, int] = {}
         self._disconnected: set[str] = set()
         self.generation = 0  # bumped by `wipe`, so that a reader sees the loss
@@ -68,9 +69,18 @@ class MemoryHub:
 
     # -- faults -----------------------------------------------------------------------
 
-    def delay(self, region: str, seconds: float) -> None:
-        """Entries appended to `region` from now on are readable `seconds` later (0: undo)."""
-        self._delays[region] = seconds
+    def delay(self, region: str, seconds: float, *, reader: str | None = None) -> None:
+        """Entries appended to `region` from now on are readable `seconds` later (0: undo).
+
+        With `reader`, only for that node: the others read them on time, as when
+        one process's connection to Redis is slow.
+        """
+        if reader is None:
+            self._delays[region] = seconds
+        elif seconds:
+            self._reader_delays.setdefault(region, {})[reader] = seconds
+        else:
+            self._reader_delays.get(region, {}).pop(reader, None)
 
     def drop_next(self, region: str, count: int = 1) -> None:
         """The next `count` appends to `region` report OK and are lost."""
@@ -215,7 +225,9 @@ class MemoryBackend(BusBackend):
             if hub._drops.get(region):
                 hub._drops[region] -= 1
             else:
-                stream.entries.append((record, now + hub._delays.get(region, 0.0)))
+                at = now + hub._delays.get(region, 0.0)
+                apart = {n: at + d for n, d in hub._reader_delays.get(region, {}).items()}
+                stream.entries.append((record, at, apart))
                 if len(stream.entries) > hub.maxlen:
                     del stream.entries[: len(stream.entries) - hub.maxlen]
             out.append(AppendResult(AppendStatus.OK, new_epoch))
@@ -228,7 +240,7 @@ class MemoryBackend(BusBackend):
 
     async def has_entry(self, region: str, tick: int) -> bool:
         stream = self._enter()._streams.get(region)
-        return stream is not None and any(r.tick == tick for r, _ in stream.entries)
+        return stream is not None and any(r.tick == tick for r, _, _ in stream.entries)
 
     async def read(self, cursors: Mapping[str, int], timeout_s: float) -> ReadResult:
         hub = self._enter()
@@ -257,7 +269,9 @@ class MemoryBackend(BusBackend):
                 gaps.add(region)
             if stream is None:
                 continue
-            newer = [(r, at) for r, at in stream.entries if r.tick > cursor]
+            newer = [
+                (r, apart.get(self.node, at)) for r, at, apart in stream.entries if r.tick > cursor
+            ]
             if cursor >= 0 and newer and newer[0][0].prev not in (cursor, -1):
                 gaps.add(region)  # what came between was trimmed away or lost
             for record, readable_at in newer:

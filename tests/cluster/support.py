@@ -288,7 +288,7 @@ class InProcessCluster:
         """(id, key) of every adoption an entry on the bus acknowledges."""
         out: set[tuple[str, str]] = set()
         for stream in self.hub._streams.values():
-            for record, _ in stream.entries:
+            for record, _, _ in stream.entries:
                 header = orjson.loads(record.fields[b"h"])
                 out.update((str(oid), str(key)) for oid, key, _, _ in header.get("ad", ()))
         return out

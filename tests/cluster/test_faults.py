@@ -364,3 +364,44 @@ async def test_a_lost_acknowledgement_leaves_no_copy_of_the_object_in_transit(lo
     assert b.mirror.resyncs >= 2
     assert b.mirror.violations == 0 and a.mirror.violations == 0
     assert p1.node.statistics().gaps == (1 if loss == "entry lost" else 0)
+
+
+async def test_an_acknowledgement_read_before_its_handover_leaves_no_copy_in_transit() -> None:
+    # The gateway p2 reads p1's region late (its own connection is slow), p0's on
+    # time: it reads p0's acknowledgement of the walker p1 handed over before it
+    # reads the handover itself. The handover must not then count as on its way:
+    # once the walker walks on inside p0's world, a resync would show it twice.
+    cluster = InProcessCluster(owners=2, gateways=1)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 40.5, 45.0)]))
+    await cluster.start()
+    p0, p1, p2 = cluster.procs
+    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
+    assert p1.node.port.owns("main:4:4")
+    a, b = cluster.twins(p0, p2)
+    for c in (a, b):
+        c.session.view("main", (0, 40, 60, 60), margin=0)
+    await cluster.run(3, check=True)
+    start = cluster.tick
+
+    def before(n: int) -> None:
+        k = n - start
+        obj = cluster.find("w1")
+        if k == 1:
+            assert obj is not None and obj.world is p1.world
+            cluster.hub.delay("main/2/2", 3.5 / RATE, reader="p2")
+            p1.world.move(obj, 39.5, 45.0)
+        elif k == 2:
+            cluster.hub.delay("main/2/2", 0, reader="p2")
+        elif k == 16:
+            cluster.hub.delay("main/0/2", 1.5 / RATE, reader="p2")  # b resyncs again
+        elif k == 17:
+            cluster.hub.delay("main/0/2", 0, reader="p2")
+        if k >= 3 and obj is not None and obj.x > 15.0:
+            assert obj.world is p0.world
+            p0.world.move(obj, obj.x - 2.0, obj.y)
+
+    await cluster.run(25, before_tick=before, check=True, twins=False)
+    assert cluster.find("w1") is not None and cluster.find("w1").key == "main:1:4"  # type: ignore[union-attr]
+    assert p0.world.get("w1") is not None and cluster.owed() == 0
+    assert b.mirror.resyncs >= 2
+    assert b.mirror.violations == 0 and a.mirror.violations == 0

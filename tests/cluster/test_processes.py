@@ -246,12 +246,6 @@ async def test_three_processes_share_one_map_and_survive_an_owner_killed(tmp_pat
     await run_cluster(tmp_path, ["kill"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, rare (1 failure in about 41 runs since the fixes of 2026-12-01, about 1 in 7 "
-    "before): a client got an object twice in one frame, or motion for one it did not hold. "
-    "Issue 13 stays open for it (docs/cluster.md).",
-)
 async def test_three_processes_share_one_map_through_a_redis_restart_and_a_stall(
     tmp_path: Path,
 ) -> None:
