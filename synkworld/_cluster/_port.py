@@ -58,6 +58,8 @@ class _Sent:
     tick: int
     dest_epoch: int | None
     sent_at: float
+    src_region: str
+    """The region whose entry carried it: what an acknowledgement names, with `tick`."""
     resends: int = 0
     shown: bool = True
     """Its add was in frames (False: its append's fate was unknown, then taken as landed)."""
@@ -300,8 +302,13 @@ class ClusterPort(BusPort):
         if not mine:
             return docs
         unshown = {oid for oid in mine if not self._outbox[oid].shown}
+        # Acknowledged as adopted (it is, here, now or from the store): readers that
+        # count it as on its way into the region, whose snapshots would show it as it
+        # left, learn it arrived; the adopter that never acknowledged it is gone.
+        acks = self._acks.setdefault(region, [])
         for oid in mine:
-            del self._outbox[oid]
+            sent = self._outbox.pop(oid)
+            acks.append((oid, sent.key, sent.src_region, sent.tick))
         out = []
         for doc in docs:
             theirs = mine.get(doc.get("_id"))  # type: ignore[arg-type]
@@ -443,7 +450,7 @@ class ClusterPort(BusPort):
                     self._sent += 1
                     dest = self.holders.get(region_of(h.key))
                     self._outbox[h.id] = _Sent(
-                        docs_by_id[h.id], h.key, n, dest.epoch if dest else None, now
+                        docs_by_id[h.id], h.key, n, dest.epoch if dest else None, now, r
                     )
                     self._released_recently[h.id] = (now, int(h.document.get("v", 0)))
                     self.departed[h.id] = docs_by_id[h.id]
@@ -575,6 +582,7 @@ class ClusterPort(BusPort):
                         tick,
                         dest.epoch if dest else None,
                         self.clock() - self.resend_after_s,
+                        region,
                         shown=False,
                     )
                 self.world.decide_handovers(ids, landed=True)

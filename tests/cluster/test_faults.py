@@ -405,3 +405,42 @@ async def test_an_acknowledgement_read_before_its_handover_leaves_no_copy_in_tra
     assert p0.world.get("w1") is not None and cluster.owed() == 0
     assert b.mirror.resyncs >= 2
     assert b.mirror.violations == 0 and a.mirror.violations == 0
+
+
+async def test_a_handover_taken_back_by_a_takeover_leaves_no_copy_in_transit() -> None:
+    # p0 hands the walker into p1's region while p1 stalls: nobody adopts it, and
+    # the gateway counts it as on its way there. p0 takes the region over and
+    # takes the walker back from its outbox, which must say so on the bus: else
+    # the gateway, once the walker walked on, resyncs it in two cells.
+    cluster = InProcessCluster(owners=2, gateways=1)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 38.5, 45.0)]))
+    await cluster.start()
+    p0, p1, p2 = cluster.procs
+    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
+    assert p1.node.port.owns("main:4:4")
+    a, b = cluster.twins(p0, p2)
+    for c in (a, b):
+        c.session.view("main", (0, 40, 60, 60), margin=0)
+    await cluster.run(3, check=True)
+    p1.stalled = True
+    start = cluster.tick
+
+    def before(n: int) -> None:
+        k = n - start
+        obj = cluster.find("w1")
+        if k == 1:
+            assert obj is not None and obj.world is p0.world
+            p0.world.move(obj, 40.5, 45.0)  # into p1's region, which cannot adopt it
+        elif k == 3 * TTL_TICKS + 5:
+            cluster.hub.delay("main/1/2", 1.5 / RATE, reader="p2")  # b resyncs
+        elif k == 3 * TTL_TICKS + 6:
+            cluster.hub.delay("main/1/2", 0, reader="p2")
+        if k > 3 * TTL_TICKS - 10 and obj is not None and obj.world is p0.world and obj.x > 15:
+            p0.world.move(obj, obj.x - 2.0, obj.y)
+
+    await cluster.run(3 * TTL_TICKS + 20, before_tick=before, check=True, twins=False)
+    assert p0.node.port.owns("main:4:4")  # taken over
+    w1 = cluster.find("w1")
+    assert w1 is not None and w1.key == "main:1:4"
+    assert b.mirror.resyncs >= 1 and cluster.owed() == 0
+    assert b.mirror.violations == 0 and a.mirror.violations == 0
