@@ -247,7 +247,11 @@ class ClusterPort(BusPort):
             del self.owned[region]
             self.write_epoch.pop(region, None)
             self._migrating.pop(region, None)
-            self._cursor[region] = self._tick
+            # Read from this process's last entry on: the new owner's entries since its
+            # takeover acknowledge what it took back from its outbox, and a handover
+            # into the region read late from another region's stream would otherwise
+            # count as on its way there for good.
+            self._cursor[region] = self._published.tick
             self._owe_region(region)
         self._lost += len(lost)
         log.warning("lost %d regions (%s): %s", len(lost), why, ", ".join(sorted(lost)))
