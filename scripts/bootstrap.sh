@@ -25,7 +25,7 @@ python_part() {
     fi
     say "installing synkworld and its dev tools into .venv"
     .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    .venv/bin/python -m pip install --quiet -e ".[mongo,motor,redis,bench]" --group dev
     rm -f .venv/.installed-*
     touch "$stamp"
   fi
