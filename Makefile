@@ -10,7 +10,7 @@ test:            ## the whole suite: lint, types, web/ tests, pytest (FerretDB, 
 
 demo:            ## the demo map at http://127.0.0.1:$(PORT)/ with the embedded SQLite store
 	scripts/bootstrap.sh python
-	.venv/bin/python -m examples.map_demo --port $(PORT) --agents $(AGENTS) $(ARGS)
+	.venv/bin/python -m synkworld.demo --port $(PORT) --agents $(AGENTS) $(ARGS)
 
 demo-cluster:    ## the demo map on two processes sharing it through a redis-server of its own
 	PORT=$(PORT) scripts/demo-cluster.sh --agents $(AGENTS) $(ARGS)

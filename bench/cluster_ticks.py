@@ -3,7 +3,7 @@
     python -m bench.cluster_ticks --agents 10000 --processes 1,2 --seconds 20
 
 For each process count it starts a redis-server of its own and that many demo
-processes (`examples.map_demo --redis ...`, a fresh SQLite store each), waits
+processes (`synkworld.demo --redis ...`, a fresh SQLite store each), waits
 for the regions to be shared out, then reads every process's /metrics twice,
 `--seconds` apart: ticks run, CPU seconds used, time in the bus phase, bytes
 appended. It writes bench/results/cluster_ticks.json. Clients are not part of
@@ -95,7 +95,7 @@ def run(processes: int, agents: int, seconds: float, warmup_s: float) -> dict[st
                         [
                             sys.executable,
                             "-m",
-                            "examples.map_demo",
+                            "synkworld.demo",
                             "--port",
                             str(port),
                             "--agents",

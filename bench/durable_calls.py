@@ -46,7 +46,7 @@ async def demo(
     tmp: Path, name: str, agents: int, mongo: str | None, durable: bool
 ) -> AsyncIterator[str]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "examples.map_demo", "--port", str(port), "--agents", str(agents)]
+    cmd = [sys.executable, "-m", "synkworld.demo", "--port", str(port), "--agents", str(agents)]
     cmd += ["--mongo", mongo] if mongo else ["--db", str(tmp / f"{name}.sqlite3")]
     if not durable:
         cmd.append("--pins-not-durable")

@@ -38,7 +38,7 @@ redis-cli -p "$redis_port" ping >/dev/null 2>&1 || die "redis-server did not sta
 say "redis-server on 127.0.0.1:$redis_port"
 
 for i in $(seq 0 $((processes - 1))); do
-  .venv/bin/python -m examples.map_demo --port $((port + i)) --redis "redis://127.0.0.1:$redis_port/0" \
+  .venv/bin/python -m synkworld.demo --port $((port + i)) --redis "redis://127.0.0.1:$redis_port/0" \
     --node "demo-$((port + i))" --db "$state/world.sqlite3" "$@" &
   pids+=($!)
 done

@@ -47,7 +47,7 @@ def free_port() -> int:
 
 
 class DemoServer:
-    """`python -m examples.map_demo` in a subprocess; its output goes to a log file."""
+    """`python -m synkworld.demo` in a subprocess; its output goes to a log file."""
 
     def __init__(
         self,
@@ -74,7 +74,7 @@ class DemoServer:
         cmd = [
             sys.executable,
             "-m",
-            "examples.map_demo",
+            "synkworld.demo",
             "--port",
             str(self.port),
             "--db",

@@ -110,7 +110,7 @@ SPOT_IN = """(keys) => {
 
 
 class DemoProcess(h.DemoServer):
-    """`python -m examples.map_demo --redis ...`, as scripts/demo-cluster.sh starts it."""
+    """`python -m synkworld.demo --redis ...`, as scripts/demo-cluster.sh starts it."""
 
     def __init__(self, redis: str, db: Path, log: Path) -> None:
         port = h.free_port()

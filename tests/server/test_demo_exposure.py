@@ -7,8 +7,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from examples.map_demo.app import make_demo_server
-from examples.map_demo.world import Avatar, DemoSettings, Marker
+from synkworld.demo.app import make_demo_server
+from synkworld.demo.world import Avatar, DemoSettings, Marker
 from synkworld.store import SQLiteStore
 from tests.server.support import WsClient
 

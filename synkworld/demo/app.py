@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from examples.map_demo.world import Agent, Avatar, DemoSettings, Wanderers, build_world, install
 from synkworld import ClusterSettings, GridMap, Server, World, load_documents
+from synkworld.demo.world import Agent, Avatar, DemoSettings, Wanderers, build_world, install
 from synkworld.store import SQLiteStore, Store, WriteBatch
 
 log = logging.getLogger("synkworld.demo")
 
-ROOT = Path(__file__).resolve().parents[2]
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+def default_db_path() -> Path:
+    """Where the demo keeps its world between runs: the user's cache folder (XDG)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "synkworld" / "demo" / "world.sqlite3"
 
 
 async def open_store(db_path: str | None, mongo_uri: str | None) -> Store:
@@ -22,7 +28,7 @@ async def open_store(db_path: str | None, mongo_uri: str | None) -> Store:
         from synkworld.store import MongoStore
 
         return MongoStore.connect(mongo_uri, "synkworld_demo")
-    path = Path(db_path or ROOT / ".cache" / "demo" / "world.sqlite3")
+    path = Path(db_path) if db_path else default_db_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     return SQLiteStore(path)
 

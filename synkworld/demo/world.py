@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -198,6 +197,21 @@ def build_world(settings: DemoSettings) -> tuple[World, Wanderers]:
     return world, Wanderers(world, agents, s, settings.seed + 1)
 
 
+def spawn_point(settings: DemoSettings, sid: str) -> tuple[float, float]:
+    """Where the avatar of session `sid` starts: a point of its own near the middle of the map.
+
+    Drawn from the session id (with the world's seed), so that players do not
+    stack wherever and in whatever order they join, on one process or several.
+    The square is a quarter of the map wide: a page opened on the middle holds
+    it all, and the landmarks (a third of the map out) lie beyond it. Whole
+    units, as the map's precision shows them.
+    """
+    size = settings.map_size
+    rng = np.random.default_rng([settings.seed + 2, int.from_bytes(sid.encode(), "big")])
+    x, y = np.rint(size / 2 + rng.uniform(-size / 8, size / 8, 2)).tolist()
+    return float(x), float(y)
+
+
 @dataclass(slots=True)
 class AvatarRef:
     """A session's avatar, and where it was last seen (it may live on another process)."""
@@ -227,18 +241,12 @@ def install(
     joined = itertools.count(1)
     server.simulation(wanderers.step)
 
-    # Each process of a shared map spawns its players elsewhere (they would stack).
-    node = server.cluster.node if server.cluster is not None else ""
-    spawn = np.random.default_rng([settings.seed + 2, zlib.crc32(node.encode())])
-
     def join(session: Session) -> AvatarRef | None:
         """The session's avatar, made when its page first says hello (not per connection)."""
         ref = avatars.get(session.sid)
         if ref is None and len(avatars) < MAX_AVATARS:
             i = next(joined)
-            # Spread around the middle of the map, so that players do not stack;
-            # whole units, as the map's precision shows them.
-            x, y = np.rint(size / 2 + spawn.uniform(-size / 8, size / 8, 2)).tolist()
+            x, y = spawn_point(settings, session.sid)
             # Made here even in a cell another process owns: it goes there at the tick.
             avatar = world.create(
                 Avatar(
@@ -272,9 +280,19 @@ def install(
 
     @server.handler("hello")
     def hello(call: Call) -> dict[str, object]:
-        """Gives the tab its avatar (made now if it has none yet)."""
+        """Gives the tab its avatar (made now if it has none yet), where it is, and the key limit.
+
+        The page finds its avatar again from `at` (and the replies to `steer`)
+        when the avatar's cell is not held, and says why when a view needs
+        more cells than `max_keys`.
+        """
         ref = join(call.session)
-        return {"avatar": ref.id if ref else None, "players": len(avatars)}
+        return {
+            "avatar": ref.id if ref else None,
+            "at": [ref.x, ref.y] if ref else None,
+            "players": len(avatars),
+            "max_keys": call.session.max_keys,
+        }
 
     @server.handler("steer")
     async def steer(call: Call, avatar: str, dx: float, dy: float) -> dict[str, float]:

@@ -4,8 +4,10 @@
 import { Client, SynkObject, parseGridKey } from "/synkworld/client.js";
 
 const MAP = "main";
-/** The server holds at most 256 keys per client by default; stay below with the margin. */
-const CELL_BUDGET = 240;
+/** Keys a client may hold (the server's `max_keys`, 256 by default); its `hello` reply says. */
+let maxKeys = 256;
+/** Cells the page asks for at most: a little below the limit, for the rounding of the rectangle. */
+const cellBudget = () => Math.max(1, maxKeys - 16);
 /** Units per `steer` call; the server allows 200. */
 const STEER_STEP = 60;
 const STEER_PAUSE_MS = 60;
@@ -163,6 +165,12 @@ const client = new Client(undefined, {
 });
 
 let avatarId = /** @type {string | null} */ (null);
+/**
+ * Where your avatar was last seen: in the cache, in the `hello` reply or in a `steer` reply.
+ * Only this page steers it, so this stays right while its cell is not held (panned away).
+ * @type {{x: number, y: number} | null}
+ */
+let ownSeen = null;
 let players = /** @type {number | null} */ (null);
 let pinCount = Math.floor(Math.random() * PIN_LABELS.length);
 
@@ -193,15 +201,21 @@ client.on("hello", () => {
   client
     .call("hello")
     .then((r) => {
-      const reply = /** @type {{avatar: string | null, players: number}} */ (r);
+      const reply = /** @type {{avatar: string | null, at: [number, number] | null, players: number, max_keys?: number}} */ (r);
       avatarId = reply.avatar;
+      ownSeen = reply.at ? { x: reply.at[0], y: reply.at[1] } : null;
       players = reply.players;
+      if (typeof reply.max_keys === "number" && reply.max_keys !== maxKeys) {
+        maxKeys = reply.max_keys;
+        sendView();
+      }
     })
     .catch((err) => toast(`hello failed: ${err.code}`, true));
 });
 
 client.on("close", (info) => {
   avatarId = null; // the avatar belonged to that connection; the next session brings a new one
+  ownSeen = null;
   taps.length = 0;
   if (info.reconnectInMs !== null) toast(`Connection lost; retrying in ${(info.reconnectInMs / 1000).toFixed(1)} s`, true);
 });
@@ -253,22 +267,31 @@ function visibleRect(scale = view.scale) {
   return [view.cx - hw, view.cy - hh, view.cx + hw, view.cy + hh];
 }
 
+/**
+ * The cells of the map that a rectangle and a margin cover: first and last column, first and last row.
+ * @param {number[]} rect
+ * @returns {[number, number, number, number]}
+ */
+function cellSpan(rect, margin = 1) {
+  const { cell, origin, bounds } = mapInfo();
+  const first = (/** @type {number} */ lo, /** @type {number} */ o, /** @type {number} */ b0) =>
+    Math.max(Math.floor((lo - o) / cell) - margin, Math.floor((b0 - o) / cell));
+  const last = (/** @type {number} */ hi, /** @type {number} */ o, /** @type {number} */ b1) =>
+    Math.min(Math.floor((hi - o) / cell) + margin, Math.floor((b1 - o) / cell));
+  return [first(rect[0], origin[0], bounds[0]), first(rect[1], origin[1], bounds[1]), last(rect[2], origin[0], bounds[2]), last(rect[3], origin[1], bounds[3])];
+}
+
 /** How many cells the server would grant for this rectangle and margin (an upper bound). */
 function cellCount(/** @type {number[]} */ rect, margin = 1) {
-  const { cell, origin, bounds } = mapInfo();
-  const span = (/** @type {number} */ lo, /** @type {number} */ hi, /** @type {number} */ o, /** @type {number} */ b0, /** @type {number} */ b1) => {
-    const first = Math.max(Math.floor((lo - o) / cell) - margin, Math.floor((b0 - o) / cell));
-    const last = Math.min(Math.floor((hi - o) / cell) + margin, Math.floor((b1 - o) / cell));
-    return Math.max(0, last - first + 1);
-  };
-  return span(rect[0], rect[2], origin[0], bounds[0], bounds[2]) * span(rect[1], rect[3], origin[1], bounds[1], bounds[3]);
+  const [c0, r0, c1, r1] = cellSpan(rect, margin);
+  return Math.max(0, c1 - c0 + 1) * Math.max(0, r1 - r0 + 1);
 }
 
 /** The rectangle to ask for: what is visible, shrunk around the centre when it would hold too many cells. */
 function requestRect() {
   let rect = visibleRect();
   let f = 1;
-  while (cellCount(rect) > CELL_BUDGET && f > 0.05) {
+  while (cellCount(rect) > cellBudget() && f > 0.05) {
     f *= 0.94;
     const hw = ((rect[2] - rect[0]) / 2) * 0.94;
     const hh = ((rect[3] - rect[1]) / 2) * 0.94;
@@ -277,10 +300,31 @@ function requestRect() {
   return /** @type {[number, number, number, number]} */ (rect.map(Math.round));
 }
 
+/**
+ * The cells asked for (margin included) when they leave out cells on screen, else null: zoomed out
+ * this far, the screen spans more cells than the server lets a client hold.
+ * @type {[number, number, number, number] | null}
+ */
+let clippedTo = null;
+
 function sendView() {
   if (!W || !H) return;
   requested = requestRect();
   client.setView(MAP, requested, 1);
+  const got = cellSpan(requested, 1);
+  const [c0, r0, c1, r1] = cellSpan(visibleRect(), 0);
+  clippedTo = c0 < got[0] || r0 < got[1] || c1 > got[2] || r1 > got[3] ? got : null;
+  showClipNote();
+}
+
+/** Says on the page, while the view is clipped, that only its middle is shown, and why. */
+function showClipNote() {
+  const note = $("clip-note");
+  if (clippedTo) {
+    $("clip-max").textContent = maxKeys.toLocaleString("en");
+    $("clip-need").textContent = cellCount(visibleRect(), 1).toLocaleString("en");
+  }
+  if (note.hidden !== !clippedTo) note.hidden = !clippedTo;
 }
 
 /** The smallest zoom at which the whole screen can still be held. */
@@ -289,7 +333,7 @@ function fullyHeldScale() {
   let hi = 4;
   for (let i = 0; i < 30; i++) {
     const mid = (lo + hi) / 2;
-    if (cellCount(visibleRect(mid)) > CELL_BUDGET) lo = mid;
+    if (cellCount(visibleRect(mid)) > cellBudget()) lo = mid;
     else hi = mid;
   }
   return hi;
@@ -300,6 +344,16 @@ function clampView() {
   view.scale = clamp(view.scale, 0.03, 3);
   view.cx = clamp(view.cx, x0, x1);
   view.cy = clamp(view.cy, y0, y1);
+}
+
+/** Where your avatar is: as held, else as last seen (null before the `hello` reply). */
+function ownPosition() {
+  const own = avatarId ? client.get(avatarId) : undefined;
+  if (own) {
+    const st = /** @type {Record<string, any>} */ (own.state);
+    ownSeen = { x: st.x, y: st.y };
+  }
+  return ownSeen;
 }
 
 /** @param {number} x @param {number} y */
@@ -399,6 +453,16 @@ function draw(now) {
   }
   g.fillStyle = "rgba(70, 165, 225, 0.075)";
   g.fill();
+  if (clippedTo) {
+    // The part of the screen that is shown (the note on the page says why).
+    const a = toScreen(origin[0] + clippedTo[0] * cell, origin[1] + clippedTo[1] * cell);
+    const b = toScreen(origin[0] + (clippedTo[2] + 1) * cell, origin[1] + (clippedTo[3] + 1) * cell);
+    g.setLineDash([6, 5]);
+    g.strokeStyle = "rgba(255, 201, 20, 0.55)";
+    g.lineWidth = 1.5;
+    g.strokeRect(Math.round(a.x) + 0.5, Math.round(a.y) + 0.5, Math.round(b.x - a.x), Math.round(b.y - a.y));
+    g.setLineDash([]);
+  }
 
   if (cs >= 10) {
     g.beginPath();
@@ -733,11 +797,10 @@ function drawMinimap() {
     g.lineWidth = 1;
     g.stroke();
   }
-  const own = avatarId ? client.get(avatarId) : undefined;
-  if (own) {
-    const st = /** @type {Record<string, any>} */ (own.state);
+  const at = ownPosition();
+  if (at) {
     g.beginPath();
-    g.arc(mx(st.x), my(st.y), 3, 0, Math.PI * 2);
+    g.arc(mx(at.x), my(at.y), 3, 0, Math.PI * 2);
     g.fillStyle = "#ffffff";
     g.fill();
   }
@@ -781,9 +844,11 @@ function updateStats() {
   $("s-bytes").textContent = formatBytes(bytes);
   $("s-rtt").textContent = client.latencyMs === null ? "–" : `${client.latencyMs.toFixed(client.latencyMs < 10 ? 1 : 0)} ms`;
   $("s-tick").textContent = client.tick ? client.tick.toLocaleString("en") : "–";
-  const own = avatarId ? client.get(avatarId) : undefined;
-  const st = /** @type {Record<string, any> | undefined} */ (own?.state);
-  $("s-you").textContent = st ? `${Math.round(st.x)}, ${Math.round(st.y)}` : avatarId ? "out of view" : "–";
+  const held = avatarId ? client.get(avatarId) : undefined;
+  const at = ownPosition();
+  const you = $("s-you");
+  you.textContent = at ? `${Math.round(at.x)}, ${Math.round(at.y)}${held ? "" : " · C"}` : "–";
+  you.title = at && !held ? "where your avatar was last seen, out of the cells this page holds: C centres the view on it" : "";
 }
 
 let selectedId = /** @type {string | null} */ (null);
@@ -1062,6 +1127,7 @@ function pumpSteer() {
     .then((r) => {
       steers++;
       lastSteer = /** @type {{x: number, y: number}} */ (r);
+      ownSeen = { x: lastSteer.x, y: lastSteer.y };
     })
     .catch((err) => toast(`steer: ${err.code}`, true))
     .finally(() => {
@@ -1085,12 +1151,12 @@ window.addEventListener("keydown", (ev) => {
   switch (ev.key) {
     case "c":
     case "C": {
-      const own = avatarId ? client.get(avatarId) : undefined;
-      if (own) {
-        const st = /** @type {Record<string, any>} */ (own.state);
+      // Your avatar's cell is not held once you pan away: go where it was last seen.
+      const at = ownPosition();
+      if (at) {
         follow = false;
-        centreOn(st.x, st.y);
-      } else toast("Your avatar is not in the cells this page holds", true);
+        centreOn(at.x, at.y);
+      } else toast("You have no avatar yet", true);
       break;
     }
     case "f":
@@ -1227,6 +1293,12 @@ Object.assign(window, {
     },
     get requested() {
       return requested;
+    },
+    get clipped() {
+      return clippedTo !== null;
+    },
+    get maxKeys() {
+      return maxKeys;
     },
     get steers() {
       return steers;
