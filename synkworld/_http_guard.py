@@ -35,6 +35,7 @@ __all__ = [
     "ConnectionGuard",
     "GuardStatistics",
     "GuardedSite",
+    "Listener",
     "default_max_connections",
 ]
 
@@ -155,10 +156,52 @@ class ConnectionGuard:
             self._per_address.pop(conn.address, None)
 
 
+# Rather than aiohttp's 128: when a thousand clients reconnect at once after a
+# restart, handshakes past the backlog are dropped and retried only a second or
+# more later.
+DEFAULT_BACKLOG = 1024
+
+
+class Listener:
+    """A listening socket bound now, that accepts connections once a `GuardedSite` starts.
+
+    A site can only be made once its runner is set up, which starts the
+    application (the tick, the store, the cluster): binding first makes a port
+    in use fail before any of that has started. Until the site starts, the
+    socket is bound but not listening, so connections are refused, not queued.
+    """
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self._factory: Callable[[], asyncio.Protocol] | None = None
+
+    async def bind(self, host: str | None, port: int, *, backlog: int = DEFAULT_BACKLOG) -> None:
+        """Binds host:port (an OSError if it cannot)."""
+        self.server = await asyncio.get_running_loop().create_server(
+            self._protocol, host, port, backlog=backlog, start_serving=False
+        )
+
+    def _protocol(self) -> asyncio.Protocol:
+        # Nothing is accepted before start_serving, which sets the factory.
+        assert self._factory is not None
+        return self._factory()
+
+    async def start_serving(self, factory: Callable[[], asyncio.Protocol]) -> asyncio.Server:
+        assert self.server is not None, "bind() first"
+        self._factory = factory
+        await self.server.start_serving()
+        return self.server
+
+    def close(self) -> None:
+        """Closes the socket (a no-op once a site took it: the site closes it)."""
+        if self.server is not None and self._factory is None:
+            self.server.close()
+
+
 class GuardedSite(web.TCPSite):
     """A TCP site whose connections go through a `ConnectionGuard`."""
 
-    __slots__ = ("_guard_options", "guard")
+    __slots__ = ("_guard_options", "_listener", "guard")
 
     def __init__(
         self,
@@ -169,13 +212,13 @@ class GuardedSite(web.TCPSite):
         header_timeout_s: float,
         max_connections: int,
         max_connections_per_address: int | None,
-        backlog: int = 1024,
+        backlog: int = DEFAULT_BACKLOG,
+        listener: Listener | None = None,
     ) -> None:
-        # A backlog of 1,024 rather than aiohttp's 128: when a thousand clients
-        # reconnect at once after a restart, handshakes past the backlog are
-        # dropped and retried only a second or more later.
         super().__init__(runner, host, port, backlog=backlog)
         self._guard_options = (header_timeout_s, max_connections, max_connections_per_address)
+        # A socket bound before the runner was set up (its backlog was given to bind).
+        self._listener = listener
         self.guard: ConnectionGuard | None = None
 
     async def start(self) -> None:
@@ -190,14 +233,17 @@ class GuardedSite(web.TCPSite):
             max_connections=max_connections,
             max_connections_per_address=per_address,
         )
-        self._server = await asyncio.get_running_loop().create_server(
-            self.guard,
-            self._host,
-            self._port,
-            backlog=self._backlog,
-            reuse_address=self._reuse_address,
-            reuse_port=self._reuse_port,
-        )
+        if self._listener is not None:
+            self._server = await self._listener.start_serving(self.guard)
+        else:
+            self._server = await asyncio.get_running_loop().create_server(
+                self.guard,
+                self._host,
+                self._port,
+                backlog=self._backlog,
+                reuse_address=self._reuse_address,
+                reuse_port=self._reuse_port,
+            )
         sockets = self._server.sockets
         self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
 

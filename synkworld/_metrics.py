@@ -20,7 +20,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-__all__ = ["MetricsSource", "ServerMetrics", "StatisticsCollector", "families"]
+from synkworld._cell_counters import CellStatistics
+
+__all__ = ["MetricsSource", "ServerMetrics", "StatisticsCollector", "cell_families", "families"]
 
 _TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 _CALL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
@@ -99,3 +101,44 @@ def families(
             family.add_metric([label_value], value)
         out.append(family)
     return out
+
+
+def cell_families(cells: CellStatistics) -> list[Metric]:
+    """The hottest keys' series: the top k by bytes per second and the top k by subscribers.
+
+    Only the top k ever get a series (a label per cell would be thousands of
+    series); a key that leaves the top k stops being reported, and goes stale.
+    """
+    return families(
+        [
+            (
+                "synkworld_keys_subscribed",
+                "gauge",
+                "Keys at least one client holds.",
+                cells.keys_held,
+            ),
+            (
+                "synkworld_subscriptions",
+                "gauge",
+                "Keys held, summed over the clients.",
+                cells.subscriptions,
+            ),
+        ],
+        [
+            (
+                "synkworld_cell_bytes_per_second",
+                "gauge",
+                "Frame bytes per second the key's batches went out as, over a sliding "
+                "window; the top keys by this figure only.",
+                "key",
+                {f.key: f.bytes_per_s for f in cells.by_bytes},
+            ),
+            (
+                "synkworld_cell_subscribers",
+                "gauge",
+                "Clients holding the key; the top keys by this figure only.",
+                "key",
+                {f.key: float(f.subscribers) for f in cells.by_subscribers},
+            ),
+        ],
+    )

@@ -12,10 +12,11 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from aiohttp import web
+from aiohttp.web_log import AccessLogger as AiohttpAccessLogger
 from prometheus_client.core import Metric
 
 from synkworld._bus_backend import BusBackend
@@ -30,9 +31,22 @@ from synkworld._cluster._node import (
 from synkworld._connection import Connection, Dispatch
 from synkworld._errors import ConfigError, ProtocolError, RefusedError, StoreError
 from synkworld._handlers import Call, Handler, HandlerRegistry
-from synkworld._http_guard import AcceptErrorFilter, GuardedSite, default_max_connections
+from synkworld._http_guard import (
+    AcceptErrorFilter,
+    GuardedSite,
+    Listener,
+    default_max_connections,
+)
 from synkworld._limits import Limits
-from synkworld._metrics import MetricsSource, ServerMetrics, StatisticsCollector, families
+from synkworld._metrics import (
+    MetricsSource,
+    ServerMetrics,
+    StatisticsCollector,
+    cell_families,
+    families,
+)
+from synkworld._monitor import Monitor
+from synkworld._origins import OriginCheck
 from synkworld._persistence import Persistence
 from synkworld._protocol import MAX_CLIENT_FRAME_BYTES
 from synkworld._sessions import Session
@@ -40,9 +54,12 @@ from synkworld._tick import TickLoop
 from synkworld._world import TickChanges, World
 from synkworld.store import Store
 
-__all__ = ["Server", "request_token"]
+__all__ = ["AccessLogger", "Server", "request_token"]
 
 log = logging.getLogger("synkworld.transport")
+
+# Connections the metrics port keeps open at once: a few scrapers, not the clients.
+_METRICS_MAX_CONNECTIONS = 64
 
 Authenticate = Callable[[web.Request, str | None], Any]
 AuthorizeKeys = Callable[[Any, list[str]], Collection[str] | Awaitable[Collection[str]]]
@@ -70,6 +87,13 @@ def _client_file_handler(
     return handle
 
 
+def _check_metrics_options(port: int | None, token: str | None) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(f"metrics_port must be a port (0 for any free one), not {port}")
+    if token is not None and not token.strip():
+        raise ConfigError("metrics_token is empty: give a token, or None for an open /metrics")
+
+
 def request_token(request: web.Request) -> str | None:
     """The client's token: the `token` query parameter, or an `Authorization: Bearer` header."""
     token = request.query.get("token")
@@ -80,6 +104,44 @@ def request_token(request: web.Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
+
+
+class _AtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger whose INFO records are DEBUG ones: aiohttp's access log writes at INFO."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)
+
+
+class AccessLogger(AiohttpAccessLogger):
+    """aiohttp's access log, with scrapes (/healthz, /metrics) at DEBUG and tokens masked.
+
+    `running()` and `serve_forever()` use it; an application that embeds the
+    server (`Server.setup`) passes it to its runner:
+    ``web.run_app(app, access_log_class=synkworld.AccessLogger)``.
+    """
+
+    QUIET_PATHS = frozenset({"/healthz", "/metrics", "/monitor/data"})
+
+    def __init__(
+        self, logger: logging.Logger, log_format: str = AiohttpAccessLogger.LOG_FORMAT
+    ) -> None:
+        super().__init__(logger, log_format)
+        # Monitoring asks every few seconds; at INFO its lines would bury the rest.
+        self._quiet = AiohttpAccessLogger(cast(logging.Logger, _AtDebug(logger)), log_format)
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        quiet = request.path in self.QUIET_PATHS
+        if quiet and not self.logger.isEnabledFor(logging.DEBUG):
+            return
+        if "token=" in request.query_string and "token" in request.query:
+            # Tokens in the query (/ws?token=, /metrics?token=) are credentials:
+            # the log keeps that one was given, not what it was.
+            request = request.clone(rel_url=request.rel_url.update_query(token="-"))
+        if quiet:
+            self._quiet.log(request, response, time)
+        else:
+            super().log(request, response, time)
 
 
 class Server:
@@ -99,6 +161,11 @@ class Server:
         compression: bool = False,
         serve_client: bool = True,
         direct_writes: bool = True,
+        allowed_origins: Collection[str] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
+        metrics_token: str | None = None,
+        monitor: bool | str = False,
     ) -> None:
         self.world = world
         self.limits = limits or (loop.limits if loop is not None else Limits())
@@ -126,6 +193,18 @@ class Server:
         # Connection._direct_write); False sends every frame through aiohttp's
         # writer, which the bench compares with.
         self.direct_writes = direct_writes
+        # Which pages may open /ws (see synkworld/_origins.py): by default those
+        # this server served; a list for pages served from elsewhere.
+        self._origins = OriginCheck(allowed_origins)
+        # /metrics on a port of its own (and then not on the clients' port),
+        # bound to `metrics_host`: the serving host under running(), 127.0.0.1
+        # when embedded (setup), where the serving host is the application's.
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        # When set, /metrics answers only `Authorization: Bearer <token>` or ?token=.
+        self.metrics_token = metrics_token
+        _check_metrics_options(metrics_port, metrics_token)
+        self.metrics_url: str | None = None
         self.authenticate: Authenticate | None = None
         self.authorize_keys: AuthorizeKeys | None = None
         self.on_connect: SessionHook | None = None
@@ -138,7 +217,14 @@ class Server:
         self.metrics.registry.register(StatisticsCollector(self._metric_sources))
         self._accepting = False
         self._on_tick_failure: Callable[[], None] | None = None
+        # From the application's startup to its cleanup (see _lifetime).
+        self._running = False
+        self._stopped = False
+        self._ticking: asyncio.Task[None] | None = None
+        self._tick_failure: BaseException | None = None
+        self._host: str | None = None
         self._site: GuardedSite | None = None
+        self._metrics_site: GuardedSite | None = None
         self.url: str | None = None
         self._dispatch = Dispatch(
             check_keys=self.allowed_keys,
@@ -148,6 +234,9 @@ class Server:
         )
         self.loop.on_tick_done(self.metrics.tick_duration.observe)
         self.loop.on_expired(self._close_lagging)
+        # /monitor (see synkworld/_monitor.py): off (False, 404), behind its own
+        # token (a string), or behind the authenticate hook (True).
+        self.monitor: Monitor | None = self._make_monitor(monitor)
 
     # -- application API --------------------------------------------------------------
 
@@ -204,7 +293,7 @@ class Server:
         comes from the store when its region is taken, so seed the store, not
         the world. Call before the server runs. See docs/cluster.md.
         """
-        if self._site is not None:
+        if self._running:
             raise ConfigError("join a cluster before the server runs")
         if self.cluster is not None:
             raise ConfigError("the server is already in a cluster")
@@ -268,13 +357,18 @@ class Server:
         tick_rate_hz: float | None = None,
         limits: Limits | None = None,
         compression: bool | None = None,
+        allowed_origins: Collection[str] | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str | None = None,
+        metrics_token: str | None = None,
+        monitor: bool | str | None = None,
     ) -> None:
         """Changes settings given at construction; only before the server runs.
 
         What the command line's flags use, for factories that build their
-        server without looking at the flags.
+        server without looking at the flags. None leaves a setting as it is.
         """
-        if self._site is not None:
+        if self._running:
             raise ConfigError("a running server cannot be reconfigured")
         if tick_rate_hz is not None:
             if not tick_rate_hz > 0:
@@ -287,6 +381,22 @@ class Server:
             self.loop.limits = limits
         if compression is not None:
             self.compression = compression
+        if allowed_origins is not None:
+            self._origins = OriginCheck(allowed_origins)
+        _check_metrics_options(metrics_port, metrics_token)
+        if metrics_port is not None:
+            self.metrics_port = metrics_port
+        if metrics_host is not None:
+            self.metrics_host = metrics_host
+        if metrics_token is not None:
+            self.metrics_token = metrics_token
+        if monitor is not None:
+            self.monitor = self._make_monitor(monitor)
+
+    def _make_monitor(self, access: bool | str) -> Monitor | None:
+        if access is False:
+            return None
+        return Monitor(self, access, identify=self._identity, token_of=request_token)
 
     def on_shutdown(self, hook: Callable[[], Awaitable[None]]) -> None:
         """Awaits `hook()` during shutdown, after the last tick and the last frames."""
@@ -385,32 +495,59 @@ class Server:
     # -- the HTTP application ------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        """The aiohttp application with every route."""
+        """A new aiohttp application serving only synkworld (`setup` done on it).
+
+        `running()` serves it; any runner can (``web.run_app(server.make_app())``).
+        """
         app = web.Application(middlewares=[self._request_started])
-        app.router.add_get("/ws", self._ws_handler)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
+        self.setup(app)
+        return app
+
+    def setup(self, app: web.Application) -> None:
+        """Mounts the server on `app`, an aiohttp application of the caller's.
+
+        Adds /ws, /healthz, /metrics, the client (/synkworld/client.js) and
+        the static files to its routes, next to the application's own routes
+        and under its middleware, and ties the server's lifetime to it: on
+        startup the server starts what `running()` starts (the tick loop, the
+        persistence, the cluster, the metrics port); on shutdown it stops
+        ticking and closes its clients with 1001, and on cleanup it runs the
+        shutdown hooks and flushes the store. Serve `app` with
+        ``web.run_app(app, access_log_class=synkworld.AccessLogger)`` or an
+        `AppRunner`. One application per server.
+        """
+        if self._running:
+            raise ConfigError("the server runs already: set it up before its application starts")
+        self._add_routes(app.router)
+        app.cleanup_ctx.append(self._lifetime)
+        app.on_shutdown.append(self._on_app_shutdown)
+
+    def _add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/ws", self._ws_handler)
+        router.add_get("/healthz", self._healthz)
+        router.add_get("/metrics", self._metrics)
+        if self.monitor is not None:
+            self.monitor.add_routes(router)  # before the static files, which would shadow it
         if self.serve_client:
             for path in CLIENT_PATHS:
-                app.router.add_get(path, _client_file_handler(client_file(path)))
+                router.add_get(path, _client_file_handler(client_file(path)))
         for prefix, directory in self.static_dirs.items():
-            app.router.add_static(prefix, directory, show_index=False)
+            router.add_static(prefix, directory, show_index=False)
         if self.web_root is not None:
             root = self.web_root
 
             async def index(request: web.Request) -> web.StreamResponse:
                 return web.FileResponse(root / "index.html")
 
-            app.router.add_get("/", index)
-            app.router.add_static("/", root, show_index=False)
-        return app
+            router.add_get("/", index)
+            router.add_static("/", root, show_index=False)
 
     @web.middleware
     async def _request_started(self, request: web.Request, handler: Any) -> web.StreamResponse:
         # The request's headers are complete: the connection is past the guard's deadline.
-        site = self._site
-        if site is not None and site.guard is not None:
-            site.guard.request_started(request.transport)
+        for site in (self._site, self._metrics_site):
+            if site is not None and site.guard is not None:
+                site.guard.request_started(request.transport)
         response: web.StreamResponse = await handler(request)
         return response
 
@@ -426,6 +563,23 @@ class Server:
         return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_port is not None:
+            # Moved to its own port, so that the clients' port need not expose it.
+            raise web.HTTPNotFound(text=f"/metrics is served on port {self.metrics_port}\n")
+        return self._scrape(request)
+
+    async def _metrics_on_own_port(self, request: web.Request) -> web.Response:
+        return self._scrape(request)
+
+    def _scrape(self, request: web.Request) -> web.Response:
+        token = self.metrics_token
+        if token is not None:
+            given = request_token(request)
+            if given is None or not secrets.compare_digest(given.encode(), token.encode()):
+                raise web.HTTPUnauthorized(
+                    text="/metrics needs its token: Authorization: Bearer <token> or ?token=\n",
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                )
         return web.Response(text=self.metrics_text(), content_type="text/plain", charset="utf-8")
 
     def metrics_text(self) -> str:
@@ -470,6 +624,12 @@ class Server:
                 m.connections_total,
             ),
             ("synkworld_refused_total", "counter", "Upgrades refused (401).", m.refused_total),
+            (
+                "synkworld_origins_refused_total",
+                "counter",
+                "Upgrades refused for their Origin (403).",
+                self._origins.refused,
+            ),
             ("synkworld_frames_sent_total", "counter", "Frames written.", m.frames_written),
             ("synkworld_bytes_sent_total", "counter", "Bytes of frames written.", m.bytes_written),
             ("synkworld_frames_queued_total", "counter", "Tick frames queued.", t.frames_queued),
@@ -545,11 +705,12 @@ class Server:
                     g.evicted,
                 ),
             ]
-        return families(values, labelled)
+        return families(values, labelled) + cell_families(t.cells)
 
     async def _ws_handler(self, request: web.Request) -> web.StreamResponse:
         if not self._accepting:
             raise web.HTTPServiceUnavailable(text="the server is shutting down")
+        self._check_origin(request)
         identity = await self._identity(request)
         limits = self.limits
         ws = web.WebSocketResponse(
@@ -594,6 +755,19 @@ class Server:
             await self._call_hook(self.on_disconnect, session)
         return ws
 
+    def _check_origin(self, request: web.Request) -> None:
+        """Refuses (403) an upgrade from a page the server may not talk to (see _origins.py)."""
+        headers = request.headers
+        origin = headers.get("Origin")
+        host = headers.get("Host", "")
+        # A proxy that rewrites Host says what the browser asked for here; no
+        # page's script can set these headers, so they are as good as Host.
+        hosts = [host, *headers.getall("X-Forwarded-Host", [])]
+        hosts += [f["host"] for f in request.forwarded if "host" in f]
+        if not self._origins.allows(origin, (h.split(",")[0] for h in hosts)):
+            assert origin is not None
+            raise web.HTTPForbidden(text=self._origins.refusal(origin, host))
+
     async def _call_hook(self, hook: SessionHook | None, session: Session) -> None:
         if hook is None:
             return
@@ -620,69 +794,144 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def running(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
-        """Serves on host:port while the block runs; yields the base URL (http://host:port)."""
+        """Serves on host:port while the block runs; yields the base URL (http://host:port).
+
+        Serves `make_app()` through a `GuardedSite`; the application's startup
+        and cleanup start and stop the server, exactly as for an application
+        the server is mounted on with `setup`.
+        """
         limits = self.limits
+        self._host = host
         runner = web.AppRunner(
             self.make_app(),
             handle_signals=False,
             shutdown_timeout=5.0,
             keepalive_timeout=limits.keepalive_timeout_s,
+            access_log_class=AccessLogger,
         )
-        await runner.setup()
-        site = GuardedSite(
-            runner,
-            host,
-            port,
-            header_timeout_s=limits.header_timeout_s,
-            max_connections=limits.max_connections or default_max_connections(),
-            max_connections_per_address=limits.max_connections_per_address,
-        )
-        loop = asyncio.get_running_loop()
-        previous_handler = loop.get_exception_handler()
-        loop.set_exception_handler(AcceptErrorFilter(previous_handler))
-        self._site = site
+        # Bound first: a port in use fails before anything has started.
+        listener = Listener()
+        await listener.bind(host, port)
         try:
+            # The startup (_lifetime) comes before the site accepts: the first
+            # client finds the store, the cluster and the tick running.
+            await runner.setup()
+            site = GuardedSite(
+                runner,
+                host,
+                port,
+                header_timeout_s=limits.header_timeout_s,
+                max_connections=limits.max_connections or default_max_connections(),
+                max_connections_per_address=limits.max_connections_per_address,
+                listener=listener,
+            )
+            self._site = site
             await site.start()
         except BaseException:
-            loop.set_exception_handler(previous_handler)
+            listener.close()
             await runner.cleanup()
             raise
         addresses = runner.addresses
         bound_port = addresses[0][1] if addresses else port
         self.url = f"http://{host}:{bound_port}"
-        if self.freeze_gc:
-            # The world's long-lived objects would otherwise be rescanned by every
-            # full collection, a pause that grows with the world.
-            gc.collect()
-            gc.freeze()
-        self._accepting = True
         log.info("serving on %s", self.url)
-        # The tick task lives exactly as long as this block: it is awaited (or
-        # its failure raised) on the way out. A TaskGroup would wrap exceptions
-        # of the caller's block in an ExceptionGroup.
-        async with contextlib.AsyncExitStack() as stack:
-            stack.callback(loop.set_exception_handler, previous_handler)
-            stack.push_async_callback(runner.cleanup)
-            if self.persistence is not None:
-                # Entered before the tick starts, left after the last tick and the
-                # last frames: the final flush sees every change.
-                await stack.enter_async_context(self.persistence)
-            if self.cluster is not None:
-                self._wire_cluster(self.cluster)
-                await self.cluster.start()
-                self.cluster.spawn()
-                stack.push_async_callback(self.cluster.close)
-            ticking = asyncio.create_task(self.loop.run()) if self.autotick else None
-            if ticking is not None:
-                ticking.add_done_callback(self._tick_loop_done)
-            try:
-                yield self.url
-            finally:
+        try:
+            yield self.url
+        finally:
+            # Stops listening, then the application's shutdown and cleanup stop the server.
+            await runner.cleanup()
+
+    async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """The server's part of its application's lifetime, a cleanup context (see `setup`)."""
+        if self._running:
+            raise ConfigError("the server runs already: one application per server")
+        self._running = True
+        self._stopped = False
+        self._tick_failure = None
+        loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        accept_filter = AcceptErrorFilter(previous_handler)
+        loop.set_exception_handler(accept_filter)
+
+        def restore_exception_handler() -> None:
+            # Unless the application put in a handler of its own meanwhile.
+            if loop.get_exception_handler() is accept_filter:
+                loop.set_exception_handler(previous_handler)
+
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                stack.callback(restore_exception_handler)
+                if self.metrics_port is not None:
+                    await self._start_metrics_site(stack)
+                if self.persistence is not None:
+                    # Entered before the tick starts, left after the last tick and the
+                    # last frames: the final flush sees every change.
+                    await stack.enter_async_context(self.persistence)
+                if self.cluster is not None:
+                    self._wire_cluster(self.cluster)
+                    await self.cluster.start()
+                    self.cluster.spawn()
+                    stack.push_async_callback(self.cluster.close)
+                if self.freeze_gc:
+                    # The world's long-lived objects would otherwise be rescanned by every
+                    # full collection, a pause that grows with the world.
+                    gc.collect()
+                    gc.freeze()
+                if self.autotick:
+                    # The tick task lives exactly as long as the application: awaited at
+                    # its shutdown (_stop_serving), cancelled at the latest here. A
+                    # TaskGroup would wrap exceptions of the caller's block in an
+                    # ExceptionGroup.
+                    ticking = asyncio.create_task(self.loop.run())
+                    ticking.add_done_callback(self._tick_loop_done)
+                    self._ticking = ticking
+                    stack.callback(ticking.cancel)
+                self._accepting = True
                 try:
-                    await self._shutdown(site, ticking)
+                    yield
                 finally:
-                    if ticking is not None and not ticking.done():
-                        ticking.cancel()
+                    await self._stop_serving()
+                    await self._finish()
+        finally:
+            self._accepting = False
+            self._ticking = None
+            self._running = False
+        if self._tick_failure is not None:
+            # Raised once the store has its last changes: a server that stopped
+            # ticking must not end as if all went well.
+            failure, self._tick_failure = self._tick_failure, None
+            raise failure
+
+    async def _start_metrics_site(self, stack: contextlib.AsyncExitStack) -> None:
+        assert self.metrics_port is not None
+        host = self.metrics_host or self._host or "127.0.0.1"
+        app = web.Application(middlewares=[self._request_started])
+        app.router.add_get("/metrics", self._metrics_on_own_port)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            shutdown_timeout=1.0,
+            keepalive_timeout=self.limits.keepalive_timeout_s,
+            access_log_class=AccessLogger,
+        )
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = GuardedSite(
+            runner,
+            host,
+            self.metrics_port,
+            header_timeout_s=self.limits.header_timeout_s,
+            # A few scrapers; the clients' limits are for the clients' port.
+            max_connections=_METRICS_MAX_CONNECTIONS,
+            max_connections_per_address=None,
+            backlog=_METRICS_MAX_CONNECTIONS,
+        )
+        self._metrics_site = site
+        await site.start()
+        addresses = runner.addresses
+        bound_port = addresses[0][1] if addresses else self.metrics_port
+        self.metrics_url = f"http://{host}:{bound_port}/metrics"
+        log.info("metrics on %s", self.metrics_url)
 
     def _tick_loop_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -693,9 +942,22 @@ class Server:
         if self._on_tick_failure is not None:
             self._on_tick_failure()
 
-    async def _shutdown(self, site: GuardedSite, ticking: asyncio.Task[None] | None) -> None:
+    async def _on_app_shutdown(self, app: web.Application) -> None:
+        await self._stop_serving()
+
+    async def _stop_serving(self) -> None:
+        """Stops the tick and closes every client with 1001: the application's shutdown.
+
+        aiohttp calls it after its sites stopped listening and before it
+        cancels the request handlers still running (/ws ones among them), so
+        clients get their closing handshake. Once: the cleanup calls it too,
+        for an application whose shutdown never came (a failed startup).
+        """
+        if self._stopped or not self._running:
+            return
+        self._stopped = True
         self._accepting = False
-        await site.stop()
+        ticking = self._ticking
         if self.cluster is not None and ticking is not None and not ticking.done():
             # Regions migrate at ticks: hand them over while still ticking.
             try:
@@ -704,13 +966,20 @@ class Server:
                 log.exception("leaving the cluster failed; its regions will be taken over")
         self.loop.stop()
         if ticking is not None:
-            await ticking
+            # Not raised here: an exception in an application's shutdown would
+            # skip its cleanup, and with it the store's last flush.
+            await asyncio.wait([ticking])
+            if not ticking.cancelled() and ticking.exception() is not None:
+                self._tick_failure = ticking.exception()
         for conn in list(self._connections.values()):
             conn.going_away()
         waiting = [c.finished.wait() for c in self._connections.values()]
         if waiting:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*waiting), timeout=5.0)
+
+    async def _finish(self) -> None:
+        """The shutdown hooks and the cluster's last flush, after the last tick and frames."""
         for hook in self._shutdown_hooks:
             try:
                 await hook()

@@ -15,9 +15,10 @@ import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from synkworld._bus import Bus, BusPort, LocalBus, TickDelivery
+from synkworld._cell_counters import CellCounters, CellStatistics
 from synkworld._errors import ConfigError
 from synkworld._frames import DeliveryReport, FrameEncoder, SharedFrames, deliver_frames
 from synkworld._limits import Limits
@@ -56,6 +57,8 @@ class TickStatistics:
     resyncs: int
     simulation_errors: int
     phases_total: TickPhases
+    cells: CellStatistics = field(default_factory=CellStatistics)
+    """The hottest keys, by bytes per second of their batches and by subscribers."""
 
 
 Simulation = Callable[[float], None]
@@ -82,6 +85,7 @@ class TickLoop:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         bus: Bus | BusPort | None = None,
+        cells: CellCounters | None = None,
     ) -> None:
         if not tick_rate_hz > 0:
             raise ConfigError("tick_rate_hz must be positive")
@@ -113,6 +117,8 @@ class TickLoop:
         self._quiet.set()
         self._phase_totals = [0.0, 0.0, 0.0, 0.0]
         self.last_phases = TickPhases()
+        # Bytes out and subscribers per key, for `statistics().cells` and the monitor.
+        self.cells = cells or CellCounters()
 
     # -- wiring ----------------------------------------------------------------------
 
@@ -132,7 +138,8 @@ class TickLoop:
 
     def detach(self, session: Session) -> None:
         """Stops sending frames to a session."""
-        self._sessions.pop(session.sid, None)
+        if self._sessions.pop(session.sid, None) is not None:
+            self.cells.forget(session.sid)
 
     async def between_ticks(self) -> None:
         """Returns at once, or when the tick under way has built its frames.
@@ -287,7 +294,7 @@ class TickLoop:
     def _frames_of(self, started: float, delivery: TickDelivery) -> DeliveryReport:
         """Every session's frame of the delivered tick."""
         self._delivered_tick = delivery.tick
-        return deliver_frames(
+        report = deliver_frames(
             delivery.tick,
             delivery.batches,
             self._sessions.values(),
@@ -296,6 +303,12 @@ class TickLoop:
             lag_timeout_s=self.limits.lag_timeout_s,
             encoder=self.frame_encoder(delivery),
         )
+        # Counted after the frames, whose joins have just read these batches (a
+        # third cheaper than before them: the bytes are in the cache), and before
+        # `track`: a batch goes to the sessions that held its key before this frame.
+        self.cells.count(delivery.batches, started)
+        self.cells.track(self._sessions.values())
+        return report
 
     def _count(self, report: DeliveryReport) -> None:
         self._frames += report.frames
@@ -392,4 +405,5 @@ class TickLoop:
             self._resyncs,
             self._sim_errors,
             TickPhases(*self._phase_totals),
+            self.cells.statistics(),
         )

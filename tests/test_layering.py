@@ -23,6 +23,7 @@ CORE = [
     "synkworld._frames",
     "synkworld._tick",
     "synkworld._mirror",
+    "synkworld._cell_counters",
     "synkworld._bus_backend",
     "synkworld.bus",
     "synkworld.bus.memory",
