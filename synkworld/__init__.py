@@ -58,19 +58,22 @@ from synkworld._world import TickChanges, World, WorldStatistics
 if TYPE_CHECKING:
     from synkworld._cluster._node import ClusterNode, ClusterSettings, LostWindow
     from synkworld._persistence import LoadReport, Persistence, load_documents
-    from synkworld._server import Server, request_token
+    from synkworld._serve_options import ServeOptions
+    from synkworld._server import AccessLogger, Server, request_token
 
-__version__ = "0.1.0"
+from synkworld._version import __version__ as __version__
 
 # The transport is loaded on first use, so that the core (`synkworld._grid`, …)
 # can be imported without aiohttp: tests/test_layering.py checks that.
 _LAZY = {
+    "AccessLogger": "synkworld._server",
     "ClusterNode": "synkworld._cluster._node",
     "ClusterSettings": "synkworld._cluster._node",
     "LostWindow": "synkworld._cluster._node",
     "LoadReport": "synkworld._persistence",
     "Persistence": "synkworld._persistence",
     "load_documents": "synkworld._persistence",
+    "ServeOptions": "synkworld._serve_options",
     "Server": "synkworld._server",
     "request_token": "synkworld._server",
 }
@@ -99,6 +102,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "PROTOCOL_VERSION",
+    "AccessLogger",
     "BadArgsError",
     "BadJsonError",
     "BadMessageError",
@@ -133,6 +137,7 @@ __all__ = [
     "ProtocolViolationError",
     "RateLimitedError",
     "RefusedError",
+    "ServeOptions",
     "Server",
     "Session",
     "SessionStatistics",

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import os
 
-from synkworld import Call, GridMap, Server, SynkObject, World
-from synkworld._cli import ServeOptions
+from synkworld import Call, GridMap, ServeOptions, Server, SynkObject, World
 from synkworld.store import SQLiteStore
 
 SIZE = 800.0

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,29 +12,10 @@ import aiohttp
 import pytest
 
 from synkworld.testing import start_process
+from tests.served import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_healthy(url: str, proc: subprocess.Popen[bytes]) -> dict[str, object]:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(200):
-            if proc.poll() is not None:
-                raise AssertionError(f"server exited with {proc.returncode}")
-            try:
-                async with http.get(url + "/healthz") as r:
-                    body: dict[str, object] = await r.json()
-                    return body
-            except aiohttp.ClientConnectionError:
-                await asyncio.sleep(0.05)
-    raise AssertionError("server did not answer /healthz")
 
 
 async def test_serve_the_readme_example_from_flags_and_environment() -> None:
@@ -103,3 +82,47 @@ def test_bad_factory_is_a_clear_error() -> None:
     )
     assert out.returncode == 2
     assert "expected module:factory" in out.stderr
+
+
+async def test_serve_flags_for_origins_metrics_and_the_monitor() -> None:
+    port, metrics_port = free_port(), free_port()
+    env = {**os.environ, "SYNKWORLD_METRICS_TOKEN": "scrape", "SYNKWORLD_MONITOR_TOKEN": "look"}
+    proc = start_process(
+        [
+            sys.executable,
+            "-m",
+            "synkworld",
+            "serve",
+            "examples.minimal_server:make_server",
+            *("--port", str(port), "--metrics-port", str(metrics_port)),
+            *("--allowed-origin", "https://game.example"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+    try:
+        await wait_healthy(url, proc)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/metrics") as r:
+                assert r.status == 404  # on its own port
+            async with http.get(metrics + "/metrics") as r:
+                assert r.status == 401
+            async with http.get(metrics + "/metrics?token=scrape") as r:
+                assert r.status == 200 and "synkworld_clients" in await r.text()
+            async with http.get(url + "/monitor/data") as r:
+                assert r.status == 401
+            async with http.get(url + "/monitor/data?token=look") as r:
+                assert r.status == 200 and "clients" in await r.json()
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(url + "/ws", headers={"Origin": "https://evil.example"})
+            assert refused.value.status == 403
+            async with http.ws_connect(
+                url + "/ws", headers={"Origin": "https://game.example"}
+            ) as ws:
+                assert (await ws.receive_json())["m"] == "hello"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
