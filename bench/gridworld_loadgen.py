@@ -10,6 +10,12 @@ apart to say where its bytes go. The process measures its own CPU time and the
 lag of its event loop, so that the coordinator can tell when the load
 generator, not the server, was the bottleneck.
 
+The client (connecting, counting, applying, pinging) and the viewports' panning
+are `synkworld loadtest`'s (synkworld/_loadtest_client.py, _loadtest_pan.py);
+what is the bench's own is the schedule its coordinator drives (a wall-clock
+start shared by every process, the final viewports at a virtual instant) and
+the figures it takes: tick arrivals, frame breakdowns, the truth check.
+
 Commands (one JSON object per line): ``go {t0}``, ``mark``, ``end``,
 ``final {t}``, ``check``, ``close``. Events: ``connected``, ``marked``,
 ``window``, ``final_sent``, ``check``, ``closed``.
@@ -38,21 +44,15 @@ from bench.gridworld_cache import (
     holding,
     sampled_client,
 )
-from bench.gridworld_scenario import (
-    PanPath,
-    Scenario,
-    pan_path,
-    pan_rect,
-    runqueue_wait_s,
-    view_phase,
-)
+from bench.gridworld_scenario import Scenario, runqueue_wait_s
+from synkworld._loadtest_client import LoadClient, WireCounter
+from synkworld._loadtest_pan import Panning, PanPath, view_phase
 
-__all__ = ["LoadGenerator", "main"]
+# WireCounter lives in the package now (synkworld loadtest counts with it too);
+# tests/server/test_compression.py still takes it from here.
+__all__ = ["Client", "LoadGenerator", "WireCounter", "main"]
 
 log = logging.getLogger("bench.gridworld.loadgen")
-
-_DONE = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
-_TEXT = aiohttp.WSMsgType.TEXT
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -62,185 +62,53 @@ def _percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
 
 
-class WireCounter(asyncio.Protocol):
-    """Stands between a transport and its protocol and counts the bytes that arrive.
+class Client(LoadClient):
+    """One WebSocket client of the load generator: synkworld loadtest's client, plus the
+    bench's stamps of tick arrivals (latency) and frame breakdowns."""
 
-    What a client's socket receives, WebSocket framing included, and before
-    permessage-deflate is undone: the bytes a client's link carries.
-    """
-
-    def __init__(self, inner: asyncio.BaseProtocol) -> None:
-        self.inner = inner
-        self.n = 0
-
-    @classmethod
-    def install(cls, transport: asyncio.BaseTransport) -> WireCounter:
-        """Puts a counter in front of `transport`'s protocol and returns it."""
-        counter = cls(transport.get_protocol())
-        transport.set_protocol(counter)
-        return counter
-
-    def data_received(self, data: bytes) -> None:
-        self.n += len(data)
-        self.inner.data_received(data)  # type: ignore[attr-defined]
-
-    def eof_received(self) -> bool | None:
-        return self.inner.eof_received()  # type: ignore[attr-defined, no-any-return]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self.inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self.inner.resume_writing()
-
-
-class Client:
-    """One WebSocket client of the load generator."""
-
-    __slots__ = (
-        "arrivals_n",
-        "arrivals_t",
-        "bytes",
-        "cache",
-        "close_code",
-        "frames",
-        "gen",
-        "index",
-        "mark",
-        "next_view",
-        "path",
-        "pong",
-        "sampled",
-        "sid",
-        "url",
-        "wire",
-        "ws",
-    )
+    __slots__ = ("arrivals_n", "arrivals_t", "base_url", "gen", "mark", "next_view", "path", "seen")
 
     def __init__(self, gen: LoadGenerator, index: int, sampled: bool) -> None:
+        # Spread over the processes of a cluster, as the coordinator says (i mod N by default).
+        base_url = gen.urls[gen.process_of.get(index, index % len(gen.urls))]
+        super().__init__(
+            index,
+            base_url + "/ws",
+            mirror=sampled_client() if sampled else None,
+            compress=gen.sc.compression,
+        )
+        self.base_url = base_url
         self.gen = gen
-        self.index = index
-        self.sampled = sampled
-        self.ws: aiohttp.ClientWebSocketResponse[bool] | None = None
-        self.sid = ""
-        self.frames = 0
-        self.bytes = 0
         self.mark = (0, 0, 0)
-        self.wire: WireCounter | None = None
-        self.cache = sampled_client() if sampled else None
         self.arrivals_n: list[int] = []
         self.arrivals_t: list[float] = []
-        self.pong: asyncio.Future[float] | None = None
-        self.close_code: int | None = None
-        self.path: PanPath = pan_path(gen.sc, index)
+        self.seen = 0
+        self.path: PanPath = gen.panning.path(index)
         self.next_view = 0.0
-        # Spread over the processes of a cluster, as the coordinator says (i mod N by default).
-        self.url = gen.urls[gen.process_of.get(index, index % len(gen.urls))]
 
     @property
-    def wire_bytes(self) -> int:
-        """Bytes that arrived on this client's socket so far."""
-        return self.wire.n if self.wire is not None else 0
+    def sampled(self) -> bool:
+        """This client decodes every frame into its cache."""
+        return self.mirror is not None
 
-    async def connect(self, session: aiohttp.ClientSession) -> None:
+    async def connect_and_view(self, session: aiohttp.ClientSession) -> None:
         """Opens the WebSocket, reads `hello` and sends the first `view`."""
-        ws = await session.ws_connect(
-            self.url + "/ws",
-            decode_text=False,
-            max_msg_size=0,
-            heartbeat=None,
-            compress=15 if self.gen.sc.compression else 0,
-        )
-        self.ws = ws
-        # aiohttp has no public handle on an upgraded connection's transport.
-        conn = ws._response.connection
-        if conn is not None and conn.transport is not None:
-            self.wire = WireCounter.install(conn.transport)
-        msg = await ws.receive(timeout=30)
-        if msg.type is not _TEXT:
-            raise ConnectionError(f"client {self.index}: expected hello, got {msg.type!r}")
-        hello = orjson.loads(msg.data)
-        self.sid = hello["sid"]
-        if self.cache is not None:
-            self.cache.apply(hello)
-        await self.send_view(0.0)
+        await self.connect(session, timeout_s=60)
+        await self.view_at(0.0)
 
-    async def send_view(self, t: float) -> None:
+    async def view_at(self, t: float) -> None:
         """Sends the `view` of the viewport at time `t` of the panning."""
-        ws = self.ws
-        if ws is None or ws.closed:
-            return
-        sc = self.gen.sc
-        rect = pan_rect(sc, self.path, t)
-        msg = {"m": "view", "map": "main", "rect": rect, "margin": sc.margin}
-        with contextlib.suppress(ConnectionError, RuntimeError):
-            await ws.send_str(orjson.dumps(msg).decode())
+        rect = self.gen.panning.rect(self.path, t)
+        await self.send_view("main", rect, self.gen.sc.margin)
 
-    async def read_counting(self) -> None:
-        """Counts the frames and bytes received, nothing more."""
-        ws = self.ws
-        assert ws is not None
-        receive = ws.receive
-        while True:
-            msg = await receive()
-            if msg.type is _TEXT:
-                self.frames += 1
-                self.bytes += len(msg.data)
-            elif msg.type in _DONE or msg.type is aiohttp.WSMsgType.ERROR:
-                break
-        self.close_code = ws.close_code
-
-    async def read_sampled(self) -> None:
-        """Decodes every frame and applies it to the cache; stamps tick arrivals."""
-        ws = self.ws
-        cache = self.cache
-        assert ws is not None and cache is not None
+    def tick_arrived(self, data: bytes, msg: dict[str, Any], t: float) -> None:
         gen = self.gen
-        receive = ws.receive
-        loads = orjson.loads
-        now = time.time
-        every = gen.breakdown_every
-        seen = 0
-        while True:
-            msg = await receive()
-            if msg.type is _TEXT:
-                t = now()
-                data: bytes = msg.data
-                self.frames += 1
-                self.bytes += len(data)
-                m = loads(data)
-                kind = m["m"]
-                if kind == "tick":
-                    if gen.measuring:
-                        self.arrivals_n.append(m["n"])
-                        self.arrivals_t.append(t)
-                        seen += 1
-                        if seen % every == 0:
-                            gen.breakdown.add(data, m)
-                elif kind == "pong":
-                    if self.pong is not None and not self.pong.done():
-                        self.pong.set_result(t)
-                    continue
-                cache.apply(m)
-            elif msg.type in _DONE or msg.type is aiohttp.WSMsgType.ERROR:
-                break
-        self.close_code = ws.close_code
-
-    async def sync(self, timeout: float) -> bool:
-        """Pings and waits for the pong, which comes after every frame queued before it."""
-        ws = self.ws
-        if ws is None or ws.closed:
-            return False
-        self.pong = asyncio.get_running_loop().create_future()
-        try:
-            await ws.send_str('{"m":"ping","t":1}')
-            await asyncio.wait_for(self.pong, timeout)
-        except (TimeoutError, ConnectionError, RuntimeError):
-            return False
-        return True
+        if gen.measuring:
+            self.arrivals_n.append(msg["n"])
+            self.arrivals_t.append(t)
+            self.seen += 1
+            if self.seen % gen.breakdown_every == 0:
+                gen.breakdown.add(data, msg)
 
 
 class LoadGenerator:
@@ -248,6 +116,14 @@ class LoadGenerator:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.sc = Scenario.from_json(config["scenario"])
+        sc = self.sc
+        self.panning = Panning(
+            (0.0, 0.0, sc.map_size, sc.map_size),
+            sc.viewport_w,
+            sc.viewport_h,
+            sc.pan_speed,
+            sc.seed,
+        )
         self.urls: list[str] = list(config.get("urls") or [config["url"]])
         self.process_of: dict[int, int] = {
             int(i): int(p) for i, p in config.get("process_of", {}).items()
@@ -287,8 +163,7 @@ class LoadGenerator:
             gc.freeze()
             for c in self.clients:
                 if c.ws is not None:
-                    reader = c.read_sampled() if c.sampled else c.read_counting()
-                    self._tasks.append(asyncio.create_task(reader))
+                    self._tasks.append(asyncio.create_task(c.read()))
             self._tasks.append(asyncio.create_task(self._pan()))
             self._tasks.append(asyncio.create_task(self._watch_lag()))
             self.emit(
@@ -315,7 +190,7 @@ class LoadGenerator:
             nonlocal failed
             async with sem:
                 try:
-                    await c.connect(session)
+                    await c.connect_and_view(session)
                 except (aiohttp.ClientError, OSError, TimeoutError, ConnectionError) as e:
                     log.warning("client %d: connect failed: %s", c.index, e)
                     failed += 1
@@ -325,12 +200,7 @@ class LoadGenerator:
         return failed
 
     async def _close_all(self) -> None:
-        async def one(c: Client) -> None:
-            if c.ws is not None and not c.ws.closed:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(c.ws.close(), 2.0)
-
-        await asyncio.gather(*(one(c) for c in self.clients))
+        await asyncio.gather(*(c.close(2.0) for c in self.clients))
 
     async def _pan(self) -> None:
         """Sends each client's `view` once per interval, at its own phase."""
@@ -340,13 +210,13 @@ class LoadGenerator:
         t0 = self.t0
         assert t0 is not None
         for c in self.clients:
-            c.next_view = t0 + view_phase(sc, c.index)
+            c.next_view = t0 + view_phase(sc.seed, c.index, sc.view_interval_s)
         while not self.final:
             now = time.time()
             for c in self.clients:
                 if c.next_view <= now and not self.final:
                     c.next_view += interval
-                    await c.send_view(now - t0)
+                    await c.view_at(now - t0)
             await asyncio.sleep(0.02)
 
     async def _watch_lag(self) -> None:
@@ -417,7 +287,7 @@ class LoadGenerator:
             if c.sampled:
                 lat_n += c.arrivals_n
                 lat_t += c.arrivals_t
-                lat_p += [self.urls.index(c.url)] * len(c.arrivals_n)
+                lat_p += [self.urls.index(c.base_url)] * len(c.arrivals_n)
         return {
             "ev": "window",
             "pid": os.getpid(),
@@ -445,14 +315,14 @@ class LoadGenerator:
     async def _final(self, t: float) -> None:
         self.final = True
         for c in self.clients:
-            await c.send_view(t)
+            await c.view_at(t)
 
     async def _check(self, session: aiohttp.ClientSession, timeout: float) -> dict[str, Any]:
         sampled = [c for c in self.clients if c.sampled and c.ws is not None]
         synced = await asyncio.gather(*(c.sync(timeout) for c in sampled))
         truth: dict[str, Any] = {}
         for url in self.urls:
-            sids = [c.sid for c in sampled if c.url == url]
+            sids = [c.sid for c in sampled if c.base_url == url]
             if not sids:
                 continue
             async with session.post(
@@ -461,7 +331,7 @@ class LoadGenerator:
                 truth.update(orjson.loads(await resp.read()))
         results = []
         for c, ok_sync in zip(sampled, synced, strict=True):
-            cache = c.cache
+            cache = c.mirror
             assert cache is not None
             view = holding(cache)
             t = truth.get(c.sid)
@@ -472,7 +342,7 @@ class LoadGenerator:
             results.append(
                 {
                     "index": c.index,
-                    "process": self.urls.index(c.url),
+                    "process": self.urls.index(c.base_url),
                     "sid": c.sid,
                     "synced": ok_sync,
                     "ok": ok_sync and mismatches == 0 and cache.violations == 0,

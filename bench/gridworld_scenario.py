@@ -12,13 +12,15 @@ can be compared object for object.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from synkworld._loadtest_pan import Panning, PanPath
+from synkworld._loadtest_pan import view_phase as _view_phase
 
 __all__ = [
     "Motion",
@@ -80,35 +82,26 @@ class Scenario:
         return sorted({(i * self.clients) // n for i in range(n)})
 
 
-@dataclass(frozen=True, slots=True)
-class PanPath:
-    """Where a client's viewport starts and how fast it pans (units per second)."""
-
-    x0: float
-    y0: float
-    vx: float
-    vy: float
+def panning(sc: Scenario) -> Panning:
+    """The scenario's viewports over its map (the package's load-test panning, same draws)."""
+    return Panning(
+        (0.0, 0.0, sc.map_size, sc.map_size), sc.viewport_w, sc.viewport_h, sc.pan_speed, sc.seed
+    )
 
 
 def pan_path(sc: Scenario, index: int) -> PanPath:
     """Client `index`'s viewport path: a seeded start and direction."""
-    rng = np.random.default_rng([sc.seed, 7, index])
-    x0 = float(rng.uniform(0, max(sc.map_size - sc.viewport_w, 0.0)))
-    y0 = float(rng.uniform(0, max(sc.map_size - sc.viewport_h, 0.0)))
-    a = float(rng.uniform(0, 2 * math.pi))
-    return PanPath(x0, y0, math.cos(a) * sc.pan_speed, math.sin(a) * sc.pan_speed)
+    return panning(sc).path(index)
 
 
 def pan_rect(sc: Scenario, path: PanPath, t: float) -> list[float]:
     """The viewport rectangle [x0, y0, x1, y1] `t` seconds after the start, bouncing."""
-    x = _bounce(path.x0 + path.vx * t, sc.map_size - sc.viewport_w)
-    y = _bounce(path.y0 + path.vy * t, sc.map_size - sc.viewport_h)
-    return [round(x, 1), round(y, 1), round(x + sc.viewport_w, 1), round(y + sc.viewport_h, 1)]
+    return panning(sc).rect(path, t)
 
 
 def view_phase(sc: Scenario, index: int) -> float:
     """When, within each view interval, client `index` sends its `view` (spreads the load)."""
-    return float(np.random.default_rng([sc.seed, 11, index]).uniform(0, sc.view_interval_s))
+    return _view_phase(sc.seed, index, sc.view_interval_s)
 
 
 def runqueue_wait_s(pid: int | str = "self") -> float:
@@ -129,16 +122,6 @@ def runqueue_wait_s(pid: int | str = "self") -> float:
         except (OSError, IndexError, ValueError):
             continue
     return total / 1e9
-
-
-def _bounce(p: float, span: float) -> float:
-    """`p` folded into [0, span] as a point bouncing between the two ends."""
-    if span <= 0:
-        return 0.0
-    p = math.fmod(p, 2 * span)
-    if p < 0:
-        p += 2 * span
-    return 2 * span - p if p > span else p
 
 
 class Motion:
