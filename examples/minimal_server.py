@@ -20,7 +20,7 @@ def make_server() -> Server:
 
     @server.handler("sail")
     def sail(call: Call, boat: str, dx: float, dy: float) -> dict[str, float]:
-        b = call.world[boat]
+        b = call.world.get(boat, Boat)  # typed: a Boat, or an error the caller gets
         call.world.move(b, b.x + dx, b.y + dy)  # reaches subscribers at the next tick
         return {"x": b.x, "y": b.y}
 

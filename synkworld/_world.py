@@ -14,7 +14,7 @@ import itertools
 import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +37,9 @@ _CHANNEL_KEY_MAX = 128
 # Document fields that are not the object's state: `ep` is the fencing epoch of
 # the process that wrote it, when several processes share one map.
 _RESERVED_FIELDS = frozenset(("_id", "t", "key", "v", "owner", "ep"))
+
+
+_O = TypeVar("_O", bound=SynkObject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +161,26 @@ class World:
 
     # -- reading ---------------------------------------------------------------
 
-    def get(self, obj_id: str) -> SynkObject | None:
-        """The object with that id, or None."""
-        return self._objects.get(obj_id)
+    @overload
+    def get(self, obj_id: str) -> SynkObject | None: ...
+
+    @overload
+    def get(self, obj_id: str, kind: type[_O]) -> _O: ...
+
+    def get(self, obj_id: str, kind: type[_O] | None = None) -> SynkObject | None:
+        """The object with that id, or None; with `kind`, an object of that type, or an error.
+
+        `world.get("boat1", Boat)` is typed `Boat`, for handlers that name the
+        type they expect: no id is `UnknownObjectError`, another type `TypeError`.
+        """
+        obj = self._objects.get(obj_id)
+        if kind is None:
+            return obj
+        if obj is None:
+            raise UnknownObjectError(f"no object {obj_id!r} in the world")
+        if not isinstance(obj, kind):
+            raise TypeError(f"object {obj_id!r} is a {type(obj).__name__}, not a {kind.__name__}")
+        return obj
 
     def __getitem__(self, obj_id: str) -> SynkObject:
         try:

@@ -298,3 +298,24 @@ def test_snapshots_of_empty_keys_are_not_kept() -> None:
     for i in range(1000):
         assert world.snapshot(f"room-{i}") == b'{"k":"room-%d","objs":[]}' % i
     assert not world._snapshots
+
+
+def test_get_with_a_type_returns_that_type_or_says_why_not() -> None:
+    class Rock(SynkObject, type="test-rock"):
+        x: float
+        y: float
+
+    class Reed(SynkObject, type="test-reed"):
+        x: float
+        y: float
+
+    world = World(GridMap(cell_size=10, bounds=(0, 0, 100, 100)))
+    rock = world.create(Rock(id="r1", x=1, y=1))
+    world.create(Reed(id="d1", x=2, y=2))
+    got: Rock = world.get("r1", Rock)
+    assert got is rock
+    assert world.get("nothing") is None
+    with pytest.raises(UnknownObjectError, match="no object 'nothing'"):
+        world.get("nothing", Rock)
+    with pytest.raises(TypeError, match="'d1' is a Reed, not a Rock"):
+        world.get("d1", Rock)
