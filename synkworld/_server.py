@@ -349,6 +349,7 @@ class Server:
         writer = self.persistence.writer
         writer.guard(EpochStampedSource(self.world, cluster.port), cluster.write_gate)
         cluster.port.forget = writer.forget
+        cluster.port.rewrite = lambda ids: writer.mark(self.world.tick, ids, ())
         cluster.write_state = writer.statistics
 
     def configure(

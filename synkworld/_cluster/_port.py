@@ -132,6 +132,9 @@ class ClusterPort(BusPort):
         self.resend_after_s = resend_after_s
         # Tells the write-behind to drop what it owes for objects gone elsewhere.
         self.forget = forget or (lambda ids: None)
+        # Tells the write-behind to write these again (a handover decided after its
+        # tick: its `departed` document is known only now).
+        self.rewrite: Callable[[list[str]], None] = lambda ids: None
         self.schedule: Callable[[float], tuple[int, float]] | None = None
         world.ownership = self
 
@@ -574,10 +577,15 @@ class ClusterPort(BusPort):
             # instead, and reach their adopter by a resend if they never did.
             lost_since = self.backend.losses != losses or self.owned.get(region) != epoch
             if landed[region, tick] or lost_since:
+                now = self.clock()
                 for h in handovers:
                     dest = self.holders.get(self._region(h.key))
                     doc = dict(h.document)
                     doc["ep"] = self.epoch_of(h.id, h.key, h.entry.get("from"))
+                    # Written as it left, as a handover decided at its tick is: should
+                    # its adopter die before writing it, a takeover finds it there.
+                    self.departed[h.id] = doc
+                    self._released_recently[h.id] = (now, int(h.document.get("v", 0)))
                     # Sent again at the next tick: if it never reached its adopter, it
                     # should not wait a resend interval out of every world.
                     self._outbox[h.id] = _Sent(
@@ -590,6 +598,7 @@ class ClusterPort(BusPort):
                         shown=False,
                     )
                 self.world.decide_handovers(ids, landed=True)
+                self.rewrite(ids)
                 continue
             restored = self.world.decide_handovers(ids, landed=False)
             # Back at the border, unless the region was lost meanwhile: then its new

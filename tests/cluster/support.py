@@ -131,6 +131,7 @@ class InProcessCluster:
             retry_max_s=0.01,
         )
         node.port.forget = persistence.writer.forget
+        node.port.rewrite = lambda ids: persistence.writer.mark(world.tick, ids, ())
         node.write_state = persistence.writer.statistics
         loop.on_changes(persistence.on_changes)
         return Proc(name, world, loop, node, persistence)

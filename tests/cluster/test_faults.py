@@ -473,3 +473,39 @@ async def test_a_stall_right_after_a_bus_restart_loses_nothing_and_resyncs_exact
     await recover(cluster, rng)
     assert set(cluster.ids()) == ids
     assert all(c.mirror.violations == 0 for p in cluster.procs for c in p.clients)
+
+
+async def test_an_object_handed_over_while_the_bus_restarts_survives_its_adopter() -> None:
+    # The walker crosses from p0 into p1's region while the bus is away: the append's
+    # fate is unknown, then the bus comes back empty, and the walker reaches p1 by a
+    # resend. p0 must still write it as it left (into p1's region): p1 dies before
+    # writing it, and the takeover of its region loads it from the store.
+    cluster = InProcessCluster(owners=2, flush_every=10**6)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 38.0, 45.0)]))
+    await cluster.start()
+    p0, p1 = cluster.procs
+    assert p0.node.port.owns("main:3:4") and p1.node.port.owns("main:4:4")
+    await p0.persistence.flush()
+    for p in cluster.procs:
+        cluster.hub.disconnect(p.name)
+
+    def cross(n: int) -> None:
+        obj = p0.world.get("w1")
+        if obj is not None and obj.x < 40.0:
+            p0.world.move(obj, 41.0, obj.y)
+
+    await cluster.run(2, before_tick=cross)
+    assert cluster.find("w1") is None  # out of every world until the append's fate is known
+    cluster.hub.wipe()
+    for p in cluster.procs:
+        cluster.hub.reconnect(p.name)
+    for _ in range(4 * TTL_TICKS):
+        await cluster.run(1)
+        if p1.world.get("w1") is not None:
+            break
+    assert p1.world.get("w1") is not None  # adopted from the resend
+    await p0.persistence.flush()
+    await cluster.kill(p1)
+    await cluster.run(4 * TTL_TICKS)
+    survivor = p0.world.get("w1")
+    assert isinstance(survivor, Walker) and survivor.x == 41.0
