@@ -56,17 +56,18 @@ from synkworld._tick import TickLoop, TickPhases, TickStatistics
 from synkworld._world import TickChanges, World, WorldStatistics
 
 if TYPE_CHECKING:
+    from synkworld._access_log import AccessLogger
     from synkworld._cluster._node import ClusterNode, ClusterSettings, LostWindow
     from synkworld._persistence import LoadReport, Persistence, load_documents
     from synkworld._serve_options import ServeOptions
-    from synkworld._server import AccessLogger, Server, request_token
+    from synkworld._server import Server, request_token
 
 from synkworld._version import __version__ as __version__
 
 # The transport is loaded on first use, so that the core (`synkworld._grid`, …)
 # can be imported without aiohttp: tests/test_layering.py checks that.
 _LAZY = {
-    "AccessLogger": "synkworld._server",
+    "AccessLogger": "synkworld._access_log",
     "ClusterNode": "synkworld._cluster._node",
     "ClusterSettings": "synkworld._cluster._node",
     "LostWindow": "synkworld._cluster._node",

@@ -12,13 +12,13 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from aiohttp.web_log import AccessLogger as AiohttpAccessLogger
 from prometheus_client.core import Metric
 
+from synkworld._access_log import AccessLogger
 from synkworld._bus_backend import BusBackend
 from synkworld._client_files import CLIENT_PATHS, ClientFile, client_file
 from synkworld._client_protocol import ClientProtocol, RunCall
@@ -104,44 +104,6 @@ def request_token(request: web.Request) -> str | None:
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
-
-
-class _AtDebug(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """A logger whose INFO records are DEBUG ones: aiohttp's access log writes at INFO."""
-
-    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
-        super().log(logging.DEBUG if level == logging.INFO else level, msg, *args, **kwargs)
-
-
-class AccessLogger(AiohttpAccessLogger):
-    """aiohttp's access log, with scrapes (/healthz, /metrics) at DEBUG and tokens masked.
-
-    `running()` and `serve_forever()` use it; an application that embeds the
-    server (`Server.setup`) passes it to its runner:
-    ``web.run_app(app, access_log_class=synkworld.AccessLogger)``.
-    """
-
-    QUIET_PATHS = frozenset({"/healthz", "/metrics", "/monitor/data"})
-
-    def __init__(
-        self, logger: logging.Logger, log_format: str = AiohttpAccessLogger.LOG_FORMAT
-    ) -> None:
-        super().__init__(logger, log_format)
-        # Monitoring asks every few seconds; at INFO its lines would bury the rest.
-        self._quiet = AiohttpAccessLogger(cast(logging.Logger, _AtDebug(logger)), log_format)
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        quiet = request.path in self.QUIET_PATHS
-        if quiet and not self.logger.isEnabledFor(logging.DEBUG):
-            return
-        if "token=" in request.query_string and "token" in request.query:
-            # Tokens in the query (/ws?token=, /metrics?token=) are credentials:
-            # the log keeps that one was given, not what it was.
-            request = request.clone(rel_url=request.rel_url.update_query(token="-"))
-        if quiet:
-            self._quiet.log(request, response, time)
-        else:
-            super().log(request, response, time)
 
 
 class Server:
