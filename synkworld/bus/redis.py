@@ -18,13 +18,14 @@ of the lease and the write are one step at the resource ("fencing").
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Collection, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from synkworld._bus_backend import (
@@ -105,6 +106,8 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(fields))
 if ne ~= 0 then redis.call('SET', KEYS[1], ARGV[4] .. '|' .. ne, 'PX', ARGV[5]) end
 return {'OK', ne}
 """
+
+_APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
 
 _TAKE = """
 local out = {}
@@ -193,27 +196,42 @@ class RedisBackend(BusBackend):
     async def append(self, node: str, entries: list[Append]) -> list[AppendResult]:
         if not entries:
             return []
-        script = self._script("append", _APPEND)
         counter = self._k("epoch")
+        commands: list[list[Any]] = []
+        for e in entries:
+            command: list[Any] = [
+                _APPEND_SHA,
+                3,
+                self._k(f"lease:{e.region}"),
+                self._k(f"s:{e.region}"),
+                counter,
+                f"{node}|{e.epoch}",
+                f"{e.tick}-0",
+                self.maxlen,
+                e.transfer_to or "",
+                e.ttl_ms,
+            ]
+            for k, v in e.fields.items():
+                command += [k, v]
+            commands.append(command)
         async with _errors():
             await self._ensure_generation()
-            pipe = self._redis.pipeline(transaction=False)
-            for e in entries:
-                flat: list[Any] = [
-                    f"{node}|{e.epoch}",
-                    f"{e.tick}-0",
-                    self.maxlen,
-                    e.transfer_to or "",
-                    e.ttl_ms,
-                ]
-                for k, v in e.fields.items():
-                    flat += [k, v]
-                await script(
-                    keys=[self._k(f"lease:{e.region}"), self._k(f"s:{e.region}"), counter],
-                    args=flat,
-                    client=pipe,
-                )
-            results = await pipe.execute()
+            # EVALSHA straight into the pipeline: a script registered with a
+            # pipeline costs a SCRIPT EXISTS round trip on every execute (every tick).
+            # A Redis that does not know it (it restarted) runs none of them: it is
+            # loaded, and the appends sent again (an append is refused as DUPLICATE
+            # if it was made).
+            for attempt in (1, 2):
+                pipe = self._redis.pipeline(transaction=False)
+                for command in commands:
+                    pipe.evalsha(*command)
+                try:
+                    results = await pipe.execute()
+                    break
+                except NoScriptError:
+                    if attempt == 2:
+                        raise
+                    await self._redis.script_load(_APPEND)
         out = []
         for reply in results:
             status = AppendStatus(_text(reply[0]).lower())

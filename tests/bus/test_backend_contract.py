@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from typing import Any
 
 import pytest
 
@@ -222,3 +224,30 @@ async def test_memory_faults_delay_drop_fence_and_disconnect() -> None:
         await a.leases(["r1"])
     hub.reconnect("a")
     assert (await a.leases(["r1"]))["r1"].node == "thief"
+
+
+@pytest.mark.redis
+async def test_appends_go_on_after_redis_forgets_its_scripts(redis_server: Any) -> None:
+    # Appends send EVALSHA straight into their pipeline; a Redis that restarted
+    # (or had SCRIPT FLUSH) knows no script: the append loads it and goes on.
+    import redis.asyncio as aioredis
+
+    from synkworld.bus import RedisBackend
+
+    world = f"t{uuid.uuid4().hex[:10]}"
+    a = RedisBackend(redis_server.url, world, maxlen=50)
+    admin = aioredis.from_url(redis_server.url)
+    try:
+        epoch = await a.acquire("r1", "a", 5000)
+        assert epoch is not None
+        assert st(await a.append("a", [ap("r1", epoch, 1, fields("1"))])) == [AppendStatus.OK]
+        await admin.script_flush()
+        statuses = st(
+            await a.append("a", [ap("r1", epoch, 2, fields("2")), ap("r1", epoch, 3, fields("3"))])
+        )
+        assert statuses == [AppendStatus.OK, AppendStatus.OK]
+        result = await a.read({"r1": -1}, 0.01)
+        assert [r.tick for r in result.records] == [1, 2, 3]
+    finally:
+        await a.close()
+        await admin.aclose()
