@@ -246,14 +246,6 @@ async def test_three_processes_share_one_map_and_survive_an_owner_killed(tmp_pat
     await run_cluster(tmp_path, ["kill"])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known, rare: 6 failures in 47 runs on 2026-12-01 (a loaded machine) after the "
-    "acknowledgement fix: a client got motion for an object it did not hold under that key "
-    "(w119 in main:4:3, 4 times), or one object was lost in the stall after the restart (w67, "
-    "twice; the store still had it under the source's region). Issue 13 stays open "
-    "(docs/cluster.md).",
-)
 async def test_three_processes_share_one_map_through_a_redis_restart_and_a_stall(
     tmp_path: Path,
 ) -> None:
