@@ -119,6 +119,11 @@ class EpochStampedSource:
         self.world = world
         self.port = port
 
+    def delete_epochs(self, ids: Collection[str]) -> dict[str, int]:
+        """The epoch of each delete: the highest this process wrote the object with."""
+        epochs = self.port.deleted_epochs
+        return {oid: epochs[oid] for oid in ids if oid in epochs}
+
     def documents(self, ids: Collection[str]) -> dict[str, dict[str, Any] | Elsewhere | None]:
         docs = self.world.documents(ids)
         epoch_of = self.port.epoch_of

@@ -153,6 +153,8 @@ class ClusterPort(BusPort):
         # them: the store then has them in their new region, should their adopter die
         # before writing them (a takeover loads that region).
         self.departed: dict[str, dict[str, Any]] = {}
+        # The epochs of the objects the tick being published deleted (see publish).
+        self.deleted_epochs: dict[str, int] = {}
         # Until when each owned region's lease is surely still ours (store writes wait after).
         self.valid_until: dict[str, float] = {}
         # id -> (when, version) of objects handed away, to tell old resends from new ones.
@@ -357,8 +359,10 @@ class ClusterPort(BusPort):
     async def publish(self, changes: TickChanges) -> None:
         n = changes.tick
         self._tick = n
-        for oid in changes.deleted_ids:
-            self.object_epoch.pop(oid, None)
+        # Deletes are fenced at the store as writes are: a stalled owner's delete,
+        # made before it learns that its regions are another's, must not remove
+        # the document its successor wrote. The write-behind takes them at its mark.
+        self.deleted_epochs = {oid: self.object_epoch.pop(oid, 0) for oid in changes.deleted_ids}
         owned = self.owned
         builders = {r: EntryBuilder(self.node, e) for r, e in owned.items()}
         wanted: dict[str, set[str]] = {}

@@ -102,11 +102,15 @@ class WriteBatch:
     if the stored document has no `ep` or one no greater; otherwise it is left
     out and its id reported in `WriteResult.fenced` (the object belongs to a
     process with a newer lease, whose writes must not be overwritten).
+    A delete whose id has an epoch in `delete_epochs` is conditional in the
+    same way: a stored document with a greater `ep` is left as it is (not
+    reported: a store cannot always tell it from a missing one).
     """
 
     upserts: list[Document] = field(default_factory=list)
     deletes: list[str] = field(default_factory=list)
     inserts: list[Document] = field(default_factory=list)
+    delete_epochs: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.inserts) + len(self.upserts) + len(self.deletes)
@@ -232,6 +236,11 @@ def is_fenced(upsert: Mapping[str, Any], stored: Mapping[str, Any] | None) -> bo
         return False
     stored_ep = stored.get("ep")
     return isinstance(stored_ep, int) and not isinstance(stored_ep, bool) and stored_ep > ep
+
+
+def delete_is_fenced(epoch: int | None, stored: Mapping[str, Any] | None) -> bool:
+    """Tells whether a stored document's epoch is newer than a conditional delete's."""
+    return epoch is not None and is_fenced({"ep": epoch}, stored)
 
 
 def upsert_id(doc: Mapping[str, Any]) -> str:

@@ -92,6 +92,14 @@ class DocumentSource(Protocol):
         ...
 
 
+class EpochSource(DocumentSource, Protocol):
+    """A source whose deletes are conditional too (one map on several processes)."""
+
+    def delete_epochs(self, ids: Collection[str]) -> Mapping[str, int]:
+        """The fencing epoch each delete carries (`WriteBatch.delete_epochs`), at its mark."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class WriteBehindStatistics:
     """A snapshot of a `WriteBehind`'s state."""
@@ -233,6 +241,9 @@ class WriteBehind:
         # Ids of new objects that collided with a stored document: nothing of
         # theirs is ever written (a later change or delete would hit the stored one).
         self._refused_ids: set[str] = set()
+        # The fencing epochs of pending deletes, taken from the source when marked:
+        # the object is gone by the time the delete is written.
+        self._delete_epochs: dict[str, int] = {}
         self._last_error: str | None = None
         self._warned_over_limit = False
 
@@ -259,6 +270,16 @@ class WriteBehind:
         was_empty = not pending
         marked = False
         refused = self._refused_ids
+        if self._delete_epochs:
+            # Marked again as written: whatever delete was owed before is not.
+            created_ids, changed_ids = list(created_ids), list(changed_ids)
+            for doc_id in (*created_ids, *changed_ids):
+                self._delete_epochs.pop(doc_id, None)
+        if deleted_ids:
+            deleted_ids = list(deleted_ids)
+            epochs_of = getattr(self._source, "delete_epochs", None)
+            if epochs_of is not None:
+                self._delete_epochs.update(epochs_of(deleted_ids))
         for op, ids in ((INSERT, created_ids), (UPSERT, changed_ids), (DELETE, deleted_ids)):
             if op == UPSERT and not refused:
                 # Most of every tick: thousands of moved objects, merged at C speed.
@@ -529,6 +550,10 @@ class WriteBehind:
             inflight_tick, inflight_since = self._inflight_tick, self._inflight_since
             self._inflight, self._inflight_tick, self._inflight_since = {}, None, None
         self._succeeded(result, refused)
+        if self._delete_epochs:
+            for doc_id in write_batch.deletes:
+                if doc_id not in self._pending:
+                    self._delete_epochs.pop(doc_id, None)
         resent = self._found_stored(batch, result.existing, inflight_tick, inflight_since)
         self._wake_id_waiters()
         if resent:
@@ -544,7 +569,11 @@ class WriteBehind:
         write_ids = [doc_id for doc_id, op in batch.items() if op != DELETE]
         deletes = [doc_id for doc_id, op in batch.items() if op == DELETE]
         docs = self._source.documents(write_ids) if write_ids else {}
-        out = WriteBatch(deletes=deletes)
+        epochs = self._delete_epochs
+        out = WriteBatch(
+            deletes=deletes,
+            delete_epochs={i: epochs[i] for i in deletes if i in epochs} if epochs else {},
+        )
         refused: dict[str, str] = {}
         for doc_id in write_ids:
             doc = docs.get(doc_id)

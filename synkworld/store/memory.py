@@ -18,6 +18,7 @@ from synkworld.store._base import (
     Store,
     WriteBatch,
     WriteResult,
+    delete_is_fenced,
     field_name_problem,
     is_fenced,
     upsert_id,
@@ -110,6 +111,10 @@ class MemoryStore(Store):
             self._docs[doc_id] = raw
             written += 1
         for doc_id in batch.deletes:
+            old = self._docs.get(doc_id)
+            epoch = batch.delete_epochs.get(doc_id)
+            if old is not None and epoch is not None and delete_is_fenced(epoch, orjson.loads(old)):
+                continue
             self._docs.pop(doc_id, None)
             written += 1
         return WriteResult(

@@ -229,7 +229,9 @@ class MongoStore(Store):
                     sent.append((doc_id, f"update@{ep}", update))
                 else:
                     sent.append((doc_id, "update", update))
-        sent.extend((doc_id, "delete", None) for doc_id in batch.deletes)
+        for doc_id in batch.deletes:
+            epoch = batch.delete_epochs.get(doc_id)
+            sent.append((doc_id, "delete" if epoch is None else f"delete@{epoch}", None))
         if not sent:
             return WriteResult(written=0, rejected=rejected)
         fenced: set[str] = set()
@@ -375,12 +377,13 @@ def _operation(doc_id: str, kind: str, body: Any) -> InsertOne[Any] | UpdateOne 
         return InsertOne(body)
     if kind.startswith("update"):
         return UpdateOne(_update_filter(doc_id, kind), body, upsert=True)
-    return DeleteOne({"_id": doc_id})
+    return DeleteOne(_update_filter(doc_id, kind))
 
 
 def _update_filter(doc_id: str, kind: str) -> dict[str, Any]:
-    """`{_id}`, or for a conditional upsert (``update@<ep>``) also "no newer epoch stored"."""
-    if not kind.startswith("update@"):
+    """`{_id}`, or for a conditional write (``update@<ep>``, ``delete@<ep>``) also
+    "no newer epoch stored"."""
+    if "@" not in kind:
         return {"_id": doc_id}
     ep = int(kind.partition("@")[2])
     return {"_id": doc_id, "$or": [{"ep": {"$exists": False}}, {"ep": {"$lte": ep}}]}

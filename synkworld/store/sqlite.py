@@ -21,6 +21,7 @@ from synkworld.store._base import (
     Store,
     WriteBatch,
     WriteResult,
+    delete_is_fenced,
     field_name_problem,
     is_fenced,
     is_number,
@@ -131,7 +132,11 @@ class SQLiteStore(Store):
     async def apply(self, batch: WriteBatch) -> WriteResult:
         # Copy the lists: the caller may change them while the worker thread reads.
         return await self._run(
-            self._apply, list(batch.inserts), list(batch.upserts), list(batch.deletes)
+            self._apply,
+            list(batch.inserts),
+            list(batch.upserts),
+            list(batch.deletes),
+            dict(batch.delete_epochs),
         )
 
     async def close(self) -> None:
@@ -205,7 +210,11 @@ class SQLiteStore(Store):
         return list(found.values())
 
     def _apply(
-        self, inserts: list[Document], upserts: list[Document], deletes: list[str]
+        self,
+        inserts: list[Document],
+        upserts: list[Document],
+        deletes: list[str],
+        delete_epochs: dict[str, int],
     ) -> WriteResult:
         conn = self._connection()
         table = self.table
@@ -252,6 +261,14 @@ class SQLiteStore(Store):
                 "doc = excluded.doc",
                 rows,
             )
+            if delete_epochs:
+                held = self._stored_docs(conn, [d for d in deletes if d in delete_epochs])
+                deletes = [
+                    d
+                    for d in deletes
+                    if d not in held
+                    or not delete_is_fenced(delete_epochs.get(d), orjson.loads(held[d]))
+                ]
             for chunk in _chunks(deletes):
                 marks = ",".join("?" * len(chunk))
                 conn.execute(f"DELETE FROM {table} WHERE _id IN ({marks})", chunk)

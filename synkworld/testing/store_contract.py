@@ -507,6 +507,27 @@ async def check_an_upsert_with_an_older_epoch_is_fenced(make_store: Callable[[],
         assert docs["a"]["hp"] == 3 and docs["b"]["ep"] == 9
 
 
+async def check_a_delete_with_an_older_epoch_is_fenced(make_store: Callable[[], Store]) -> None:
+    """A fenced owner's delete never removes what its successor wrote."""
+    async with make_store() as store:
+        await store.apply(
+            WriteBatch(
+                upserts=[
+                    entity("newer", "main:0:0", 1, 1, ep=5),
+                    entity("same", "main:0:0", 1, 1, ep=4),
+                    entity("older", "main:0:0", 1, 1, ep=3),
+                    entity("none", "main:0:0", 1, 1),
+                    entity("plain", "main:0:0", 1, 1, ep=9),
+                ]
+            )
+        )
+        epochs = {"newer": 4, "same": 4, "older": 4, "none": 4, "missing": 4}
+        await store.apply(WriteBatch(deletes=[*epochs, "plain"], delete_epochs=epochs))
+        # Only the document whose stored epoch is newer than the delete's stays;
+        # a delete without an epoch is unconditional, as before.
+        assert ids(await store.load()) == {"newer"}
+
+
 async def check_load_replays_a_spill_journal_first(make_store: Callable[[], Store]) -> None:
     async with make_store() as store:
         path = store.spill_path
@@ -550,6 +571,7 @@ STORE_CHECKS: tuple[Callable[[Callable[[], Store]], Awaitable[None]], ...] = (
     check_a_closed_store_refuses_calls,
     check_an_insert_writes_a_new_document_and_never_overwrites_a_stored_one,
     check_an_upsert_with_an_older_epoch_is_fenced,
+    check_a_delete_with_an_older_epoch_is_fenced,
     check_load_replays_a_spill_journal_first,
 )
 """Every check, in order: run each with a `make_store` of its own (see the module's docstring)."""

@@ -509,3 +509,30 @@ async def test_an_object_handed_over_while_the_bus_restarts_survives_its_adopter
     await cluster.run(4 * TTL_TICKS)
     survivor = p0.world.get("w1")
     assert isinstance(survivor, Walker) and survivor.x == 41.0
+
+
+async def test_a_stalled_owner_that_deletes_on_waking_removes_nothing_of_its_successor() -> None:
+    # p0 stalls past its lease; p1 takes its regions over from the store and writes
+    # their objects. p0 wakes believing it still owns them and deletes one before
+    # its first append tells it otherwise: the delete reaches the store (writes wait
+    # only while a lease may have run out unseen) and must be fenced there.
+    cluster, _clients, rng = await walking()
+    p0, p1 = cluster.procs[0], cluster.procs[1]
+    ids = set(cluster.ids())
+    p0.stalled = True
+    await cluster.run(3 * TTL_TICKS, before_tick=lambda n: walk(cluster, rng))
+    await cluster.run(2)  # the successor's last writes of its objects
+    victim = sorted(o.id for o in p0.world)[0]
+    assert p1.world.get(victim) is not None  # taken over
+    p0.world.delete(p0.world[victim])
+    p0.stalled = False
+    # Nothing moves from here on: p1 does not write the victim again (until regions
+    # migrate back to p0), so a delete that went through shows in the store.
+    await cluster.run(2)
+    for p in cluster.live:
+        await p.persistence.flush()
+    assert p0.node.statistics().regions_lost > 0  # fenced on its first append
+    stored = {d["_id"] for d in await cluster.store.load()}
+    assert victim in stored
+    await cluster.run(3 * TTL_TICKS)
+    assert set(cluster.ids()) == ids
