@@ -227,7 +227,9 @@ class Persistence:
             return
         reason = self.writer.statistics().last_error or "the store did not answer in time"
         total = SpillJournal(path).write(
-            (batch.inserts, batch.upserts, batch.deletes), reason=reason
+            (batch.inserts, batch.upserts, batch.deletes),
+            reason=reason,
+            delete_epochs=self.writer.delete_epochs_owed(batch.deletes),
         )
         log.warning(
             "shutdown: the store did not take %d objects; they are in %s (%d operations in "

@@ -189,7 +189,12 @@ class Store(abc.ABC):
             return 0
         spilled = journal.read()
         inserts, upserts, deletes = spilled
-        batch = WriteBatch(upserts=upserts, deletes=deletes, inserts=inserts)
+        batch = WriteBatch(
+            upserts=upserts,
+            deletes=deletes,
+            inserts=inserts,
+            delete_epochs=journal.delete_epochs(),
+        )
         result = await self.apply(batch)
         log_replay(path, spilled, len(result.existing), len(result.rejected))
         journal.remove()

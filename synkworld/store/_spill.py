@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +66,34 @@ class SpillJournal:
             list(data.get("deletes", [])),
         )
 
-    def write(self, spilled: Spilled, *, reason: str) -> int:
+    def delete_epochs(self) -> dict[str, int]:
+        """The fencing epochs of the journal's conditional deletes (`WriteBatch.delete_epochs`)."""
+        try:
+            data = orjson.loads(self.path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise StoreError(f"cannot read the spill journal {self.path}: {exc}") from exc
+        epochs = data.get("delete_epochs", {}) if isinstance(data, dict) else {}
+        return {k: v for k, v in epochs.items() if isinstance(v, int)}
+
+    def write(
+        self, spilled: Spilled, *, reason: str, delete_epochs: Mapping[str, int] | None = None
+    ) -> int:
         """Writes the operations durably, merged over a journal already there; returns how many.
 
         A journal that is already there holds older changes (a replay that
         never happened): the new operations win for the ids they name.
+        `delete_epochs` keeps the deletes conditional (one map on several
+        processes), as they were in the write-behind.
         """
+        epochs = dict(delete_epochs or {})
         if self.exists():
+            named = set(spilled[2])  # a newer delete of an id brings its own epoch, or none
+            older = {k: v for k, v in self.delete_epochs().items() if k not in named}
             spilled = _merged(self.read(), spilled)
+            epochs = {**older, **epochs}
         inserts, upserts, deletes = spilled
+        kept = set(deletes)
+        epochs = {k: v for k, v in epochs.items() if k in kept}
         data: dict[str, Any] = {
             "format": SPILL_FORMAT,
             "written_at": time.time(),
@@ -81,6 +101,7 @@ class SpillJournal:
             "inserts": inserts,
             "upserts": upserts,
             "deletes": deletes,
+            "delete_epochs": epochs,
         }
         raw = orjson.dumps(data)
         self.path.parent.mkdir(parents=True, exist_ok=True)

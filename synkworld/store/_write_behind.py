@@ -451,6 +451,11 @@ class WriteBehind:
                 if not task.cancelled() and task.exception() is not None and not abandoned:
                     raise StoreError("the write-behind writer failed") from task.exception()
 
+    def delete_epochs_owed(self, ids: Collection[str]) -> dict[str, int]:
+        """The fencing epochs of these owed deletes (for a spill journal, after `abandon`)."""
+        epochs = self._delete_epochs
+        return {i: epochs[i] for i in ids if i in epochs}
+
     async def abandon(self) -> dict[str, Op]:
         """Stops the writer at once, whatever it was doing; returns what it still owed.
 

@@ -546,6 +546,23 @@ async def check_load_replays_a_spill_journal_first(make_store: Callable[[], Stor
         assert await store.replay_spill() == 0
 
 
+async def check_a_spilled_delete_stays_conditional(make_store: Callable[[], Store]) -> None:
+    """A fenced delete spilled at shutdown is fenced when the next start replays it."""
+    async with make_store() as store:
+        path = store.spill_path
+        if path is None:
+            pytest.skip("this store keeps no spill journal")
+        await store.apply(
+            WriteBatch(
+                upserts=[entity("newer", "main:0:0", 1, 1, ep=5), entity("older", "k", ep=3)]
+            )
+        )
+        SpillJournal(path).write(
+            ([], [], ["newer", "older"]), reason="a test", delete_epochs={"newer": 4, "older": 4}
+        )
+        assert ids(await store.load()) == {"newer"}
+
+
 STORE_CHECKS: tuple[Callable[[Callable[[], Store]], Awaitable[None]], ...] = (
     check_an_empty_store_loads_nothing,
     check_upserted_documents_load_back_equal,
@@ -573,5 +590,6 @@ STORE_CHECKS: tuple[Callable[[Callable[[], Store]], Awaitable[None]], ...] = (
     check_an_upsert_with_an_older_epoch_is_fenced,
     check_a_delete_with_an_older_epoch_is_fenced,
     check_load_replays_a_spill_journal_first,
+    check_a_spilled_delete_stays_conditional,
 )
 """Every check, in order: run each with a `make_store` of its own (see the module's docstring)."""

@@ -200,3 +200,15 @@ async def test_sigterm_with_the_store_down_exits_in_time_and_the_next_start_writ
         assert stored[doc_id]["v"] >= doc["v"]
         if stored[doc_id]["v"] == doc["v"]:
             assert stored[doc_id] == doc
+
+
+def test_a_newer_spill_decides_whether_a_delete_is_conditional(tmp_path: Path) -> None:
+    journal = SpillJournal(tmp_path / "spill.json")
+    journal.write(([], [], ["a", "b", "c"]), reason="first", delete_epochs={"a": 4, "b": 4})
+    # Later: "a" deleted again without an epoch, "b" written again, "c" with one now.
+    journal.write(
+        ([], [{"_id": "b", "t": "x"}], ["a", "c"]), reason="second", delete_epochs={"c": 7}
+    )
+    inserts, upserts, deletes = journal.read()
+    assert inserts == [] and [d["_id"] for d in upserts] == ["b"] and sorted(deletes) == ["a", "c"]
+    assert journal.delete_epochs() == {"c": 7}
