@@ -172,8 +172,11 @@ async def wait_settled(page: Any, *, quiet_ms: int = 400, timeout_ms: int = 15_0
                 w.since = performance.now();
                 return false;
             }
-            const r = demo.requested;
-            const x = (r[0] + r[2]) / 2, y = (r[1] + r[3]) / 2, c = synk.hello.maps.main.cell;
+            const r = demo.requested, m = synk.hello.maps.main, b = m.bounds, c = m.cell;
+            // The view's centre, inside the map: panned to an edge, it lies on the
+            // edge, whose cell beyond does not exist.
+            const x = Math.min(Math.max((r[0] + r[2]) / 2, b[0]), b[2] - c / 2);
+            const y = Math.min(Math.max((r[1] + r[3]) / 2, b[1]), b[3] - c / 2);
             const centre = `main:${Math.floor(x / c)}:${Math.floor(y / c)}`;
             return synk.held.has(centre) && performance.now() - w.since >= quietMs;
         }""",
