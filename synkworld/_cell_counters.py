@@ -1,7 +1,8 @@
 """Per-key traffic counted in the tick: the bytes each key's batches go out as, and its holders.
 
 The tick loop calls `CellCounters.count` with each delivered tick's batches
-before the frames are built, and `CellCounters.track` with the sessions after.
+once the frames are built, and then `CellCounters.track` with the sessions: a
+batch counts for the sessions that held its key before this tick's frame.
 A key's bytes out in a tick are its batch's length times the sessions holding
 it, which is what the frames carry: every holder's frame joins the same batch
 bytes. The cost is a few numpy operations over the held keys per tick, and
