@@ -127,6 +127,11 @@ async def test_demo_page(tmp_path: Path) -> None:
             other_id = await other.evaluate("demo.avatarId")
             assert other_id and other_id != mine_id
             assert await other.evaluate("demo.players") == 2
+            # Avatars spawn spread out, maybe beyond this page's view since its drag:
+            # it goes to where the other one stands.
+            await other.wait_for_function("(id) => !!synk.get(id)", arg=other_id)
+            at = await other.evaluate("(id) => ({...synk.get(id).state})", other_id)
+            await page.evaluate("([x, y]) => demo.centreOn(x, y)", [at["x"], at["y"]])
             await page.wait_for_function("(id) => !!synk.get(id)", arg=other_id)
             start = await page.evaluate("(id) => ({...synk.get(id).state})", other_id)
             presses = ["ArrowRight", "ArrowRight", "ArrowRight", "ArrowDown", "ArrowDown"]
