@@ -318,6 +318,24 @@ async def test_a_resync_while_an_object_crosses_to_a_late_reader_keeps_the_objec
     assert a.mirror.teardown_count == 0 and b.mirror.teardown_count == 0
 
 
+async def one_walker(
+    x: float, *, gateways: int = 0, watcher: int = 1
+) -> tuple[InProcessCluster, Client, Client]:
+    """A walker at (x, 45) by the border of p0's region (cells main:3:4 and main:1:4) and
+    p1's (main:4:4), and twins on p0 and on process `watcher` viewing both sides."""
+    cluster = InProcessCluster(owners=2, gateways=gateways)
+    await cluster.store.apply(WriteBatch(upserts=[walker("w1", x, 45.0)]))
+    await cluster.start()
+    p0, p1 = cluster.procs[0], cluster.procs[1]
+    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
+    assert p1.node.port.owns("main:4:4")
+    a, b = cluster.twins(p0, cluster.procs[watcher])
+    for c in (a, b):
+        c.session.view("main", (0, 40, 60, 60), margin=0)
+    await cluster.run(3, check=True)
+    return cluster, a, b
+
+
 @pytest.mark.parametrize("loss", ["entry lost", "append failed"])
 async def test_a_lost_acknowledgement_leaves_no_copy_of_the_object_in_transit(loss: str) -> None:
     # The walker is handed from p1 to p0, and p0's entry that acknowledges it is lost
@@ -326,16 +344,8 @@ async def test_a_lost_acknowledgement_leaves_no_copy_of_the_object_in_transit(lo
     # world, into a cell of another of p0's regions. The resyncs that follow must
     # show it once, where it is: not also where it was handed into, as if still on
     # its way there.
-    cluster = InProcessCluster(owners=2)
-    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 40.5, 45.0)]))
-    await cluster.start()
+    cluster, a, b = await one_walker(40.5)
     p0, p1 = cluster.procs
-    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
-    assert p1.node.port.owns("main:4:4")
-    a, b = cluster.twins(p0, p1)
-    for c in (a, b):
-        c.session.view("main", (0, 40, 60, 60), margin=0)
-    await cluster.run(3, check=True)
     start = cluster.tick
 
     def before(n: int) -> None:
@@ -371,16 +381,8 @@ async def test_an_acknowledgement_read_before_its_handover_leaves_no_copy_in_tra
     # time: it reads p0's acknowledgement of the walker p1 handed over before it
     # reads the handover itself. The handover must not then count as on its way:
     # once the walker walks on inside p0's world, a resync would show it twice.
-    cluster = InProcessCluster(owners=2, gateways=1)
-    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 40.5, 45.0)]))
-    await cluster.start()
-    p0, p1, p2 = cluster.procs
-    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
-    assert p1.node.port.owns("main:4:4")
-    a, b = cluster.twins(p0, p2)
-    for c in (a, b):
-        c.session.view("main", (0, 40, 60, 60), margin=0)
-    await cluster.run(3, check=True)
+    cluster, a, b = await one_walker(40.5, gateways=1, watcher=2)
+    p0, p1, _p2 = cluster.procs
     start = cluster.tick
 
     def before(n: int) -> None:
@@ -412,16 +414,8 @@ async def test_a_handover_taken_back_by_a_takeover_leaves_no_copy_in_transit() -
     # the gateway counts it as on its way there. p0 takes the region over and
     # takes the walker back from its outbox, which must say so on the bus: else
     # the gateway, once the walker walked on, resyncs it in two cells.
-    cluster = InProcessCluster(owners=2, gateways=1)
-    await cluster.store.apply(WriteBatch(upserts=[walker("w1", 38.5, 45.0)]))
-    await cluster.start()
-    p0, p1, p2 = cluster.procs
-    assert p0.node.port.owns("main:3:4") and p0.node.port.owns("main:1:4")
-    assert p1.node.port.owns("main:4:4")
-    a, b = cluster.twins(p0, p2)
-    for c in (a, b):
-        c.session.view("main", (0, 40, 60, 60), margin=0)
-    await cluster.run(3, check=True)
+    cluster, a, b = await one_walker(38.5, gateways=1, watcher=2)
+    p0, p1, _p2 = cluster.procs
     p1.stalled = True
     start = cluster.tick
 
