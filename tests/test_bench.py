@@ -216,8 +216,11 @@ def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
         assert run["clients"]["connected"] == 20
         assert run["server"]["ticks"] > 0 and run["latency_ms"]["samples"] > 0
         wire, payload = wire_and_payload(run)
-        # On the wire: the frames' JSON and a few bytes of WebSocket framing each.
-        assert payload > 0 and 1 < wire / payload < 1.02
+        # On the wire: the frames' JSON and a few bytes of WebSocket framing each
+        # (0.3% here). A frame that arrives just before the window opens is counted as
+        # payload but not on the wire (it is read just after), so in a short run the
+        # wire can come out a frame or two below the payload (once: 0.997).
+        assert payload > 0 and 0.99 < wire / payload < 1.02
     assert result["runs"]["synkworld"]["scenario"]["mode"] == "shared"
     assert result["runs"]["naive"]["scenario"]["mode"] == "per-client"
     ratios = result["ratios"]
