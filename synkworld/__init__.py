@@ -49,6 +49,7 @@ from synkworld._grid import Grid, GridMap, is_grid_key
 from synkworld._handlers import Call
 from synkworld._limits import Limits
 from synkworld._mirror import Held, Mirror
+from synkworld._mirror_v2 import MirrorV2
 from synkworld._objects import FieldSpec, SynkObject, object_type, registered_types
 from synkworld._protocol import PROTOCOL_VERSION
 from synkworld._sessions import Session, SessionStatistics
@@ -132,6 +133,7 @@ __all__ = [
     "LocalBus",
     "LostWindow",
     "Mirror",
+    "MirrorV2",
     "NoHandlerError",
     "Persistence",
     "ProtocolError",

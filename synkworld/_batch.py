@@ -77,6 +77,11 @@ class Motion:
     ry: npt.NDArray[np.float64]
     scale: npt.NDArray[np.float64]
     cols: Columns
+    prev_rx: npt.NDArray[np.float64] | None = None
+    """The positions last sent, rounded like `rx` (for protocol v2's deltas); None without v2."""
+    prev_ry: npt.NDArray[np.float64] | None = None
+    codes: npt.NDArray[np.int64] | None = None
+    """Each group's cell code (map << 48 | cx, cy biased), for protocol v2's keys in bulk."""
 
     def as_lists(self, groups: npt.NDArray[np.bool_]) -> dict[str, list[list[Any]]]:
         """The `mv` arrays of the chosen groups as lists: key -> [ids, xs, ys]."""
@@ -131,15 +136,28 @@ class BatchBuilder:
         version: int,
         state: dict[str, Any],
         moved_from: str | None = None,
+        *,
+        slot: int = -1,
     ) -> None:
-        """Records an object that appears under `key`: created, or moved here from `moved_from`."""
+        """Records an object that appears under `key`: created, or moved here from `moved_from`.
+
+        `slot`, the object's slot in `key`, is protocol v2's (`BatchBuilderV2`); v1 has none.
+        """
         entry: dict[str, Any] = {"id": obj_id, "t": type_key, "v": version, "s": state}
         if moved_from is not None:
             entry["from"] = moved_from
         self._at(key).add.append(entry)
 
     def mod(
-        self, key: str, obj_id: str, version: int, diff: dict[str, Any], moved_to: str | None = None
+        self,
+        key: str,
+        obj_id: str,
+        version: int,
+        diff: dict[str, Any],
+        moved_to: str | None = None,
+        *,
+        slot: int = -1,
+        type_key: str = "",
     ) -> None:
         """Records changed fields of an object under `key`, which it leaves for `moved_to`."""
         entry: dict[str, Any] = {"id": obj_id, "v": version, "d": diff}
@@ -221,7 +239,7 @@ class BatchBuilder:
                     prefixes[i] = take(k)
         return prefixes  # type: ignore[return-value]
 
-    def rem(self, key: str, obj_id: str) -> None:
+    def rem(self, key: str, obj_id: str, *, slot: int = -1) -> None:
         """Records an object deleted from the world while under `key`."""
         self._at(key).rem.append({"id": obj_id})
 

@@ -55,6 +55,11 @@ class TickDelivery:
     encoder: Any = None
     """What builds the frames (a `FrameEncoder`), for a bus with rules of its own about
     when a wanted key's snapshot may join; None: the tick loop's default."""
+    batches_v2: Any = None
+    """Protocol v2's batches of this tick (`V2Batches`, or a merge of several owners'), for a
+    bus that carries them; None: none were recorded (no v2 session was attached)."""
+    snapshots_v2: SnapshotSource | None = None
+    """Protocol v2's snapshots, as `snapshots` serves v1's."""
 
 
 class WouldBlockError(SynkError):
@@ -99,6 +104,19 @@ class BusPort(abc.ABC):
         """`delivery`, for a bus that never waits; raises `WouldBlockError` otherwise."""
         raise WouldBlockError(f"{type(self).__name__} cannot deliver without waiting")
 
+    def serve_v2(self) -> None:
+        """Called when a protocol v2 session attaches: the owners record v2 batches from now on.
+
+        A bus that cannot carry them raises `ConfigError` (a server does not
+        offer v2 over it).
+        """
+        raise ConfigError(f"{type(self).__name__} does not carry protocol v2 batches")
+
+    def only_loop(self) -> bool:
+        """Tells whether this port's loop is the only one on its bus (then the world may skip
+        the v1 encoding while no v1 session is attached)."""
+        return False
+
 
 class Bus(abc.ABC):
     """Connects the tick loops that share one map."""
@@ -131,7 +149,8 @@ class LocalBus(Bus):
         self.snapshot_delay_ticks = snapshot_delay_ticks
         self._owners: list[_LocalPort] = []
         self._ports: list[_LocalPort] = []
-        self._published: dict[int, dict[_LocalPort, Mapping[str, bytes]]] = {}
+        self._published: dict[int, dict[_LocalPort, tuple[Mapping[str, bytes], Any]]] = {}
+        self._v2 = False
         self._arrived: dict[int, asyncio.Event] = {}
 
     def attach(self, world: World, *, owns: Callable[[str], bool] | None = None) -> BusPort:
@@ -139,11 +158,20 @@ class LocalBus(Bus):
         self._ports.append(port)
         if owns is not owns_nothing:
             self._owners.append(port)
+            world.record_v2 = world.record_v2 or self._v2
         return port
 
-    def _publish(self, port: _LocalPort, tick: int, batches: Mapping[str, bytes]) -> None:
+    def _serve_v2(self) -> None:
+        # At attach, before the session holds a key: the next commit records v2.
+        self._v2 = True
+        for port in self._owners:
+            port.world.record_v2 = True
+
+    def _publish(
+        self, port: _LocalPort, tick: int, batches: Mapping[str, bytes], batches_v2: Any
+    ) -> None:
         published = self._published.setdefault(tick, {})
-        published[port] = batches
+        published[port] = (batches, batches_v2)
         if len(published) == len(self._owners):
             event = self._arrived.pop(tick, None)
             if event is not None:
@@ -163,11 +191,20 @@ class LocalBus(Bus):
             return None
         if len(published) == 1:
             (only,) = published.values()
-            return only  # by reference: one process owns the map
+            return only[0]  # by reference: one process owns the map
         merged: dict[str, bytes] = {}
-        for batches in published.values():
+        for batches, _ in published.values():
             merged.update(batches)
         return merged
+
+    def _batches_v2(self, tick: int) -> Any:
+        published = self._published.get(tick)
+        if published is None:
+            return None
+        parts = [v2 for _, v2 in published.values() if v2 is not None]
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        return MergedV2Batches(parts)
 
     async def _wait(self, tick: int) -> Mapping[str, bytes]:
         while (batches := self._batches(tick)) is None:
@@ -188,13 +225,14 @@ def owns_nothing(key: str) -> bool:
 
 
 class _LocalPort(BusPort):
-    __slots__ = ("_asked", "_bus", "_delivered", "_tick", "owns", "world")
+    __slots__ = ("_asked", "_asked_v2", "_bus", "_delivered", "_tick", "owns", "world")
 
     def __init__(self, bus: LocalBus, world: World, owns: Callable[[str], bool] | None) -> None:
         self._bus = bus
         self.world = world
         self.owns = _EVERYTHING if owns is None else owns
         self._asked: dict[str, int] = {}
+        self._asked_v2: dict[str, int] = {}
         self._tick = 0
         self._delivered = 0
 
@@ -204,46 +242,91 @@ class _LocalPort(BusPort):
     def publish_nowait(self, changes: TickChanges) -> None:
         self._tick = changes.tick
         if self in self._bus._owners:
-            self._bus._publish(self, changes.tick, changes.batches.data)
+            self._bus._publish(self, changes.tick, changes.batches.data, changes.batches_v2)
 
     async def delivery(self, tick: int) -> TickDelivery:
         batches = await self._bus._wait(tick)
-        self._bus._delivered(self, tick)
-        return TickDelivery(tick, batches, self._snapshots(tick))
+        return self._delivery_of(tick, batches)
 
     def delivery_nowait(self, tick: int) -> TickDelivery:
         batches = self._bus._batches(tick)
         if batches is None:
             raise WouldBlockError(f"not every owner has published tick {tick} yet")
-        self._bus._delivered(self, tick)
-        return TickDelivery(tick, batches, self._snapshots(tick))
+        return self._delivery_of(tick, batches)
 
-    def _snapshots(self, tick: int) -> SnapshotSource:
+    def _delivery_of(self, tick: int, batches: Mapping[str, bytes]) -> TickDelivery:
+        batches_v2 = self._bus._batches_v2(tick)
+        self._bus._delivered(self, tick)
+        return TickDelivery(
+            tick,
+            batches,
+            self._snapshots(tick, False),
+            batches_v2=batches_v2,
+            snapshots_v2=self._snapshots(tick, True) if self._bus._v2 else None,
+        )
+
+    def serve_v2(self) -> None:
+        self._bus._serve_v2()
+
+    def only_loop(self) -> bool:
+        return len(self._bus._ports) == 1
+
+    def _snapshots(self, tick: int, v2: bool) -> SnapshotSource:
         owns = self.owns
         if owns is _EVERYTHING:
-            return self.world
-        return _Routed(self, tick)
+            return _SnapshotsV2(self.world) if v2 else self.world
+        return _Routed(self, tick, v2)
+
+
+class _SnapshotsV2:
+    """A world's protocol v2 snapshots, as a `SnapshotSource`."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, world: World) -> None:
+        self.snapshot = world.snapshot_v2
+
+
+class MergedV2Batches:
+    """The v2 batches of several owners of one tick, as one `V2Batches`."""
+
+    __slots__ = ("_parts", "data", "tick")
+
+    def __init__(self, parts: list[Any]) -> None:
+        self._parts = parts
+        self.tick = parts[0].tick
+        self.data: dict[str, bytes] = {}
+
+    def prepare(self, keys: Any) -> None:
+        for part in self._parts:
+            part.prepare(keys)
+            self.data.update(part.data)
 
 
 class _Routed:
     """Snapshots for a loop that does not own every key: from each key's owner."""
 
-    __slots__ = ("_port", "_tick")
+    __slots__ = ("_port", "_tick", "_v2")
 
-    def __init__(self, port: _LocalPort, tick: int) -> None:
+    def __init__(self, port: _LocalPort, tick: int, v2: bool) -> None:
         self._port = port
         self._tick = tick
+        self._v2 = v2
+
+    def _of(self, world: World, key: str) -> bytes:
+        return world.snapshot_v2(key) if self._v2 else world.snapshot(key)
 
     def snapshot(self, key: str) -> bytes | None:
         port = self._port
         if port.owns(key):
-            return port.world.snapshot(key)
+            return self._of(port.world, key)
         delay = port._bus.snapshot_delay_ticks
         if delay:
-            asked = port._asked.setdefault(key, self._tick)
+            asked_at = port._asked_v2 if self._v2 else port._asked
+            asked = asked_at.setdefault(key, self._tick)
             if self._tick < asked + delay:
                 return None
-            del port._asked[key]
+            del asked_at[key]
         owner = port._bus._owner_of(key)
         # A key nobody owns holds nothing: its snapshot is empty, from any world.
-        return (owner.world if owner is not None else port.world).snapshot(key)
+        return self._of(owner.world if owner is not None else port.world, key)

@@ -48,6 +48,7 @@ from synkworld._protocol import (
     parse_client_message,
 )
 from synkworld._sessions import Session
+from synkworld._wire_v2 import encode_hello_v2, encode_message, type_table
 
 __all__ = ["CheckKeys", "ClientProtocol", "Close", "Request", "RunCall", "TokenBucket"]
 
@@ -129,7 +130,14 @@ class ClientProtocol:
 
     def hello(self, tick: int, rate_hz: float, maps: Mapping[str, Any]) -> None:
         """Queues the first frame, `hello`."""
-        self.session.push_control(encode_hello(self.session.sid, tick, rate_hz, maps))
+        session = self.session
+        if session.wire_version == 2:
+            # The maps are the grid's, which `maps` describes.
+            table = type_table()
+            session.push_control(encode_hello_v2(session.sid, tick, rate_hz, session.grid, table))
+            session.types_known = len(table)
+            return
+        session.push_control(encode_hello(session.sid, tick, rate_hz, maps))
 
     def going_away(self) -> None:
         """The server shuts down: close with 1001."""
@@ -161,7 +169,10 @@ class ClientProtocol:
             if isinstance(msg, CallMessage):
                 return RunCall(msg.id, msg.name, msg.args)
             if isinstance(msg, PingMessage):
-                self.session.push_control(encode_pong(msg.t, tick))
+                if self.session.wire_version == 2:
+                    self.session.push_control(encode_message({"m": "pong", "t": msg.t, "n": tick}))
+                else:
+                    self.session.push_control(encode_pong(msg.t, tick))
         except ProtocolError as e:
             self._refuse(e, now)
         return None
@@ -201,7 +212,12 @@ class ClientProtocol:
 
     def call_answered(self, request: RunCall, result: Any) -> None:
         """The call handler returned `result`: reply to the client."""
-        self.session.push_control(encode_reply(request.call_id, result))
+        if self.session.wire_version == 2:
+            self.session.push_control(
+                encode_message({"m": "reply", "id": request.call_id, "ok": result})
+            )
+        else:
+            self.session.push_control(encode_reply(request.call_id, result))
 
     def call_failed(self, request: RunCall, error: ProtocolError, *, now: float) -> None:
         """The call was refused or its handler failed: an error with the call's id."""
@@ -220,7 +236,11 @@ class ClientProtocol:
     def _refuse(self, error: ProtocolError, now: float) -> None:
         if self._on_error is not None:
             self._on_error(error.code)
-        self.session.push_control(encode_error(error.code, error.message, error.call_id))
+        if self.session.wire_version == 2:
+            message = {"m": "error", "id": error.call_id, "code": error.code, "msg": error.message}
+            self.session.push_control(encode_message(message))
+        else:
+            self.session.push_control(encode_error(error.code, error.message, error.call_id))
         if isinstance(error, HandlerFailedError):
             return  # the application's fault, not the client's: it does not count against it
         window = self.limits.error_window_s

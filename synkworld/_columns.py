@@ -38,6 +38,8 @@ class Columns:
         # Each id as JSON text, NUL-padded to the longest: the motion encoder's rows.
         self.id_json = np.zeros(0, dtype="S8")
         self.id_len = np.empty(0, dtype=np.int64)
+        # The slot each object holds in its key (protocol v2), -1 while it is in none.
+        self.cell_slot = np.empty(0, dtype=np.int64)
         self._free: list[int] = []
         self._top = 0
         self._grow(max(16, capacity))
@@ -63,6 +65,7 @@ class Columns:
         self.id_json[slot] = text
         self.id_len[slot] = len(text)
         self.code[slot] = UNPUBLISHED
+        self.cell_slot[slot] = -1
         self.ver[slot] = 0
         self.tracked[slot] = False
         self.pos[0][slot] = self.pos[1][slot] = np.nan
@@ -100,6 +103,7 @@ class Columns:
         self.ids = grown(self.ids, None)
         self.id_json = grown(self.id_json, b"")
         self.id_len = grown(self.id_len, 0)  # type: ignore[assignment]
+        self.cell_slot = grown(self.cell_slot, -1)  # type: ignore[assignment]
         self.capacity = capacity
 
 

@@ -66,6 +66,8 @@ class Connection:
         self._close_timeout_s = limits.close_timeout_s
         self._socket_buffer_max = limits.socket_buffer_max_bytes
         self._abort_timer: asyncio.TimerHandle | None = None
+        # Protocol v1 frames are text, v2's binary.
+        self._opcode = 0x82 if self.session.wire_version == 2 else 0x81
         self.session.on_queued = self._wake.set
         if direct_writes and transport is not None:
             self.session.direct_write = self._direct_write
@@ -162,7 +164,7 @@ class Connection:
             or t.get_write_buffer_size() > self._socket_buffer_max
         ):
             return False
-        t.write(_text_frame_header(len(frame)) + frame)
+        t.write(_frame_header(len(frame), self._opcode) + frame)
         metrics = self._metrics
         metrics.frames_written += 1
         metrics.bytes_written += len(frame)
@@ -172,6 +174,7 @@ class Connection:
         ws = self.ws
         session = self.session
         metrics = self._metrics
+        kind = WSMsgType.BINARY if session.wire_version == 2 else WSMsgType.TEXT
         try:
             while True:
                 await self._wake.wait()
@@ -180,7 +183,7 @@ class Connection:
                 while (frame := session.pop()) is not None:
                     if ws.closed:
                         return
-                    await ws.send_frame(frame, WSMsgType.TEXT)
+                    await ws.send_frame(frame, kind)
                     metrics.frames_written += 1
                     metrics.bytes_written += len(frame)
                 self._writing = False
@@ -232,10 +235,16 @@ class Connection:
             protocol.call_answered(request, result)
 
 
-def _text_frame_header(length: int) -> bytes:
-    """The header of an unmasked, final, uncompressed WebSocket text frame (RFC 6455 5.2)."""
+def _frame_header(length: int, first: int) -> bytes:
+    """The header of an unmasked, final, uncompressed WebSocket frame (RFC 6455 5.2);
+    `first` is FIN and the opcode: 0x81 text, 0x82 binary."""
     if length < 126:
-        return struct.pack("!BB", 0x81, length)
+        return struct.pack("!BB", first, length)
     if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
+
+
+def _text_frame_header(length: int) -> bytes:
+    """The header of an unmasked, final, uncompressed WebSocket text frame."""
+    return _frame_header(length, 0x81)

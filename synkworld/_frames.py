@@ -17,8 +17,18 @@ from synkworld._batch import TickBatches
 from synkworld._bus import SnapshotSource
 from synkworld._protocol import encode_resync, encode_tick
 from synkworld._sessions import Session
+from synkworld._wire_v2 import KeyCodes, encode_resync_v2, encode_tick_v2, type_table, varint
 
-__all__ = ["DeliveryReport", "FrameEncoder", "SharedFrames", "deliver_frames", "snapshots_for"]
+__all__ = [
+    "DeliveryReport",
+    "FrameEncoder",
+    "MixedFrames",
+    "SharedFrames",
+    "SharedFramesV2",
+    "deliver_frames",
+    "resync_snapshots",
+    "snapshots_for",
+]
 
 _NONE: list[Any] = []
 
@@ -66,6 +76,22 @@ def snapshots_for(
     return added, removed, snaps  # type: ignore[return-value]
 
 
+def resync_snapshots(session: Session, snapshots: SnapshotSource) -> list[bytes] | None:
+    """The snapshots of a resync: every key the session holds and wants, in key order, its
+    subscription change taken; None while a held key's snapshot is not here (it waits)."""
+    added, removed = session.subscription_change()
+    keys = sorted((session.held - set(removed)) | set(added))
+    snaps = list(map(snapshots.snapshot, keys))
+    if None in snaps:
+        missing = {k for k, b in zip(keys, snaps, strict=True) if b is None}
+        if missing & session.held:
+            return None  # held keys must all be in a resync: wait for their snapshots
+        added = [k for k in added if k not in missing]
+        snaps = [b for b in snaps if b is not None]
+    session.take_subscription_change(added, removed)
+    return snaps  # type: ignore[return-value]
+
+
 class SharedFrames:
     """Frames joined from batches encoded once per key: what synkworld does."""
 
@@ -84,19 +110,81 @@ class SharedFrames:
         return encode_tick(tick, parts, added, removed, snaps)
 
     def resync_frame(self, tick: int, session: Session) -> bytes | None:
-        snapshot = self._snapshots.snapshot
-        added, removed = session.subscription_change()
-        keys = sorted((session.held - set(removed)) | set(added))
-        snaps = list(map(snapshot, keys))
-        if None in snaps:
-            missing = {k for k, b in zip(keys, snaps, strict=True) if b is None}
-            if missing & session.held:
-                return None  # held keys must all be in a resync: wait for their snapshots
-            added = [k for k in added if k not in missing]
-            keys = [k for k in keys if k not in missing]
-            snaps = [b for b in snaps if b is not None]
-        session.take_subscription_change(added, removed)
-        return encode_resync(tick, snaps)  # type: ignore[arg-type]
+        snaps = resync_snapshots(session, self._snapshots)
+        return None if snaps is None else encode_resync(tick, snaps)
+
+
+class SharedFramesV2:
+    """Protocol v2 frames, joined from v2 batches encoded once per key (`V2Batches.prepare`)."""
+
+    __slots__ = ("_get", "_head", "_key", "_snapshots", "_table", "_tick", "_types")
+
+    def __init__(
+        self, batches: Mapping[str, bytes], snapshots: SnapshotSource, keys: KeyCodes
+    ) -> None:
+        self._get = batches.get
+        self._snapshots = snapshots
+        self._key = keys.binary
+        self._table = type_table()
+        self._types = len(self._table)
+        self._tick = -1
+        self._head = b""
+
+    def tick_frame(self, tick: int, session: Session) -> bytes | None:
+        parts = list(filter(None, map(self._get, session.held)))
+        table = self._table
+        if not session.wanted_changed and session.types_known == self._types:
+            # The common case, batches only: the frame's head is the same for every session.
+            if not parts:
+                return None
+            if tick != self._tick:
+                self._tick = tick
+                self._head = b"\x01%b\x08" % varint(tick)
+            parts[0:0] = (self._head, varint(len(parts)))
+            return b"".join(parts)
+        if not session.wanted_changed:
+            frame = encode_tick_v2(tick, parts, _NONE, _NONE, _NONE, session.types_known, table)
+        else:
+            added, removed, snaps = snapshots_for(session, self._snapshots)
+            key = self._key
+            frame = encode_tick_v2(
+                tick,
+                parts,
+                list(map(key, added)),
+                list(map(key, removed)),
+                snaps,
+                session.types_known,
+                table,
+            )
+        if frame is not None:
+            session.types_known = len(table)
+        return frame
+
+    def resync_frame(self, tick: int, session: Session) -> bytes | None:
+        snaps = resync_snapshots(session, self._snapshots)
+        if snaps is None:
+            return None
+        frame = encode_resync_v2(tick, snaps, session.types_known, self._table)
+        session.types_known = len(self._table)
+        return frame
+
+
+class MixedFrames:
+    """Each session's frame in its own protocol version."""
+
+    __slots__ = ("_v1", "_v2")
+
+    def __init__(self, v1: FrameEncoder, v2: FrameEncoder) -> None:
+        self._v1 = v1
+        self._v2 = v2
+
+    def tick_frame(self, tick: int, session: Session) -> bytes | None:
+        encoder = self._v2 if session.wire_version == 2 else self._v1
+        return encoder.tick_frame(tick, session)
+
+    def resync_frame(self, tick: int, session: Session) -> bytes | None:
+        encoder = self._v2 if session.wire_version == 2 else self._v1
+        return encoder.resync_frame(tick, session)
 
 
 def deliver_frames(

@@ -51,6 +51,7 @@ from synkworld._persistence import Persistence
 from synkworld._protocol import MAX_CLIENT_FRAME_BYTES
 from synkworld._sessions import Session
 from synkworld._tick import TickLoop
+from synkworld._wire_v2 import SUBPROTOCOL_V1, SUBPROTOCOL_V2
 from synkworld._world import TickChanges, World
 from synkworld.store import Store
 
@@ -676,15 +677,24 @@ class Server:
         self._check_origin(request)
         identity = await self._identity(request)
         limits = self.limits
+        # A cluster's stream entries carry v1 batches only (docs/protocol-v2.md).
+        offered = (
+            (SUBPROTOCOL_V1,) if self.cluster is not None else (SUBPROTOCOL_V2, SUBPROTOCOL_V1)
+        )
         ws = web.WebSocketResponse(
             max_msg_size=MAX_CLIENT_FRAME_BYTES,
             compress=self.compression,
             heartbeat=limits.heartbeat_s,
+            protocols=offered,
         )
         await ws.prepare(request)
         transport = request.transport
         session = Session(
-            secrets.token_urlsafe(9), self.world.grid, identity=identity, limits=limits
+            secrets.token_urlsafe(9),
+            self.world.grid,
+            identity=identity,
+            limits=limits,
+            wire_version=2 if ws.ws_protocol == SUBPROTOCOL_V2 else 1,
         )
         protocol = ClientProtocol(
             session,

@@ -54,8 +54,16 @@ class Session:
         identity: Any = None,
         limits: Limits = _DEFAULT_LIMITS,
         on_queued: Callable[[], None] | None = None,
+        wire_version: int = 1,
     ) -> None:
         self.sid = sid
+        # The protocol version of the connection (docs/protocol.md, docs/protocol-v2.md).
+        self.wire_version = wire_version
+        # Protocol v2: how many type definitions the client has (hello's, and any since).
+        self.types_known = 0
+        # Counts of the sessions holding each key, shared by the sessions of a tick
+        # loop that speak v2 (`TickLoop.attach`): the keys whose v2 batches to encode.
+        self.holders: dict[str, int] | None = None
         self.grid = grid
         self.identity = identity
         self.limits = limits
@@ -163,7 +171,18 @@ class Session:
             added, removed = self.subscription_change()
         if not added and not removed:
             return [], []
-        held = self.held = (self.held - set(removed)) | set(added)
+        before = self.held
+        held = self.held = (before - set(removed)) | set(added)
+        holders = self.holders
+        if holders is not None:
+            for key in before - held:
+                left = holders[key] - 1
+                if left:
+                    holders[key] = left
+                else:
+                    del holders[key]
+            for key in held - before:
+                holders[key] = holders.get(key, 0) + 1
         self._held_in_order = None
         self.wanted_changed = held != self._wanted
         return added, removed

@@ -20,7 +20,14 @@ from dataclasses import dataclass, field
 from synkworld._bus import Bus, BusPort, LocalBus, TickDelivery
 from synkworld._cell_counters import CellCounters, CellStatistics
 from synkworld._errors import ConfigError
-from synkworld._frames import DeliveryReport, FrameEncoder, SharedFrames, deliver_frames
+from synkworld._frames import (
+    DeliveryReport,
+    FrameEncoder,
+    MixedFrames,
+    SharedFrames,
+    SharedFramesV2,
+    deliver_frames,
+)
 from synkworld._limits import Limits
 from synkworld._sessions import Session
 from synkworld._world import TickChanges, World
@@ -98,6 +105,9 @@ class TickLoop:
         # already attached (with an ownership of its own).
         self.port = (bus or LocalBus()).attach(world) if not isinstance(bus, BusPort) else bus
         self._sessions: dict[str, Session] = {}
+        self._v2_sessions = 0
+        # How many v2 sessions hold each key (kept by the sessions as their keys change).
+        self._v2_held: dict[str, int] = {}
         self._simulations: list[Simulation] = []
         self._change_listeners: list[Callable[[TickChanges], None]] = []
         self._tick_listeners: list[Callable[[float], None]] = []
@@ -134,11 +144,32 @@ class TickLoop:
 
     def attach(self, session: Session) -> None:
         """Starts sending frames to a session from the next tick on."""
+        if session.sid in self._sessions:
+            self.detach(self._sessions[session.sid])
+        if session.wire_version == 2:
+            # Before the session holds a key: the next commit records v2 batches.
+            self.port.serve_v2()
+            self._v2_sessions += 1
+            holders = self._v2_held
+            for key in session.held:
+                holders[key] = holders.get(key, 0) + 1
+            session.holders = holders
         self._sessions[session.sid] = session
 
     def detach(self, session: Session) -> None:
         """Stops sending frames to a session."""
-        if self._sessions.pop(session.sid, None) is not None:
+        gone = self._sessions.pop(session.sid, None)
+        if gone is not None:
+            if gone.wire_version == 2:
+                self._v2_sessions -= 1
+                gone.holders = None
+                holders = self._v2_held
+                for key in gone.held:
+                    left = holders[key] - 1
+                    if left:
+                        holders[key] = left
+                    else:
+                        del holders[key]
             self.cells.forget(session.sid)
 
     async def between_ticks(self) -> None:
@@ -198,7 +229,15 @@ class TickLoop:
         process that fell behind) get their frames too, from what the other
         processes published for them, in order, before this tick's.
         """
-        return await self.frames_tick(await self.publish_tick(tick))
+        # The cyclic GC stays off across both halves: a collection between them
+        # (the bus's await) would only rescan the tick's short-lived outcomes.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return await self.frames_tick(await self.publish_tick(tick))
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     async def publish_tick(self, tick: int | None = None) -> PublishedTick:
         """The first half of `step_async`: the frames of skipped ticks, simulations,
@@ -266,7 +305,21 @@ class TickLoop:
         if delivery.encoder is not None:
             encoder: FrameEncoder = delivery.encoder
             return encoder
-        return SharedFrames(delivery.batches, delivery.snapshots)
+        v1 = SharedFrames(delivery.batches, delivery.snapshots)
+        if not self._v2_sessions or delivery.snapshots_v2 is None:
+            return v1
+        batches_v2 = delivery.batches_v2
+        if batches_v2 is not None:
+            # The v2 batches of the keys v2 sessions hold before this frame, each once.
+            batches_v2.prepare(self._v2_held)
+        v2 = SharedFramesV2(
+            batches_v2.data if batches_v2 is not None else {},
+            delivery.snapshots_v2,
+            self.world.key_codes,
+        )
+        if self._v2_sessions == len(self._sessions):
+            return v2
+        return MixedFrames(v1, v2)
 
     def _simulate_and_commit(
         self, tick: int | None = None
@@ -283,7 +336,12 @@ class TickLoop:
                 self._sim_errors += 1
                 log.exception("simulation step %r failed", sim)
         simulated = self.clock()
-        changes = self.world.commit(tick)
+        world = self.world
+        # A loop alone on its bus with only v2 sessions needs no v1 encoding at all.
+        world.encode_v1 = not (
+            self._v2_sessions and self._v2_sessions == len(self._sessions) and self.port.only_loop()
+        )
+        changes = world.commit(tick)
         committed = self.clock()
         return started, [simulated, committed], changes
 
@@ -306,7 +364,10 @@ class TickLoop:
         # Counted after the frames, whose joins have just read these batches (a
         # third cheaper than before them: the bytes are in the cache), and before
         # `track`: a batch goes to the sessions that held its key before this frame.
-        self.cells.count(delivery.batches, started)
+        counted = delivery.batches
+        if not counted and delivery.batches_v2 is not None:
+            counted = delivery.batches_v2.data  # a tick of v2 sessions only
+        self.cells.count(counted, started)
         self.cells.track(self._sessions.values())
         return report
 

@@ -20,6 +20,8 @@ import numpy as np
 import numpy.typing as npt
 
 from synkworld._batch import BatchBuilder, Motion, TickBatches, encode_snapshot
+from synkworld._batch_v2 import BatchBuilderV2, BothBuilders, V2Batches, state_array
+from synkworld._cell_slots import CellSlots
 from synkworld._columns import UNPUBLISHED, Columns, position_limit
 from synkworld._errors import (
     DocumentError,
@@ -30,6 +32,7 @@ from synkworld._errors import (
 )
 from synkworld._grid import Grid, GridMap, cell_order, key_problem, looks_like_grid_key
 from synkworld._objects import Binding, SynkObject, object_type
+from synkworld._wire_v2 import KeyCodes, packed, type_table
 
 __all__ = ["Handover", "Ownership", "TickChanges", "World", "WorldStatistics"]
 
@@ -61,6 +64,9 @@ class TickChanges:
     """Objects that entered keys another process owns: their `add` and their document."""
     released_ids: list[str] = field(default_factory=list)
     """The ids of `outgoing`, no longer in this world (nor to be written by it)."""
+    batches_v2: V2Batches | None = None
+    """Protocol v2's batches of the tick, encoded as frames ask; None while the world
+    does not record them (`World.record_v2`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,14 @@ class World:
         # the world, their slots kept, until `decide_handovers`.
         self._undecided: dict[str, tuple[SynkObject, str | None]] = {}
         self._snapshots: dict[str, bytes] = {}
+        self._snapshots_v2: dict[str, bytes] = {}
+        # Protocol v2: each object's slot in its key, and keys as v2 writes them.
+        self._cell_slots = CellSlots()
+        self._keycodes = KeyCodes(self.grid)
+        self._deleted_slots: dict[str, int] = {}
+        # Which encodings `commit` makes; the tick loop sets them from its sessions.
+        self.encode_v1 = True
+        self.record_v2 = False
         # Each key's `{"k":"<key>","mv":[[`, made once (BatchBuilder.mv_prefixes).
         self._mv_prefix: dict[str, bytes] = {}
         self._flushers: list[Flusher] = []
@@ -196,6 +210,11 @@ class World:
 
     def __iter__(self) -> Iterator[SynkObject]:
         return iter(list(self._objects.values()))
+
+    @property
+    def key_codes(self) -> KeyCodes:
+        """Keys as protocol v2 writes them (kept per world)."""
+        return self._keycodes
 
     def published_key(self, obj: SynkObject) -> str | None:
         """The key subscribers see the object under (None before its first tick).
@@ -290,12 +309,10 @@ class World:
             )
         oid = target.id
         if self._created.pop(oid, None) is None:
-            self._deleted[oid] = self._published_key(target)
-            members = self._by_key.get(self._deleted[oid])
-            if members is not None:
-                members.pop(oid, None)
-                if not members:
-                    del self._by_key[self._deleted[oid]]
+            key = self._deleted[oid] = self._published_key(target)
+            slot = self._exit(key, target)
+            if slot is not None:
+                self._deleted_slots[oid] = slot
         self._dirty.pop(target, None)
         del self._objects[oid]
         self._detach(target)
@@ -368,7 +385,13 @@ class World:
             self.settle_handovers()
         cols = self._cols
         grid = self.grid
-        out = self._batch_builder(tick)
+        v1 = self._batch_builder(tick) if self.encode_v1 or not self.record_v2 else None
+        v2 = (
+            BatchBuilderV2(tick, self._keycodes, self._type_of, self._cell_slots.counts)
+            if self.record_v2
+            else None
+        )
+        out: _Builder = v2 if v1 is None else v1 if v2 is None else BothBuilders(v1, v2)  # type: ignore[assignment]
         changed_ids: list[str] = []
 
         # 1. Motion of every published positioned object, found by array comparison.
@@ -396,8 +419,9 @@ class World:
         crossed_ids = cols.ids[moved[crossed]].tolist()
 
         # 2. Deletions: a `rem` under the key clients know the object by.
+        deleted_slots = self._deleted_slots
         for oid, key in self._deleted.items():
-            out.rem(key, oid)
+            out.rem(key, oid, slot=deleted_slots.get(oid, -1))
         deleted_ids = list(self._deleted)
 
         # 3. Creations: an `add` with the full state, version 1.
@@ -419,7 +443,14 @@ class World:
                         held_back[oid] = obj  # created in a key nobody can take yet
                     continue
             key = self._publish(obj)
-            out.add(key, oid, obj.synk_type, int(cols.ver[slot]), obj.wire_state())
+            out.add(
+                key,
+                oid,
+                obj.synk_type,
+                int(cols.ver[slot]),
+                obj.wire_state(),
+                slot=int(cols.cell_slot[slot]),
+            )
             changed_ids.append(oid)
 
         # 4. Objects with changed fields, and objects that crossed into another cell.
@@ -460,15 +491,30 @@ class World:
         self._dirty = {}
         self._created = held_back
         self._deleted = {}
+        self._deleted_slots = {}
         self._from_store = set()
-        batches = out.encode()
-        snapshots = self._snapshots
+        batches = v1.encode() if v1 is not None else TickBatches(tick, {})
+        batches_v2 = v2.finish() if v2 is not None else None
+        forget = self._forget_snapshots
         for key in batches.data:
-            snapshots.pop(key, None)
+            forget(key)
+        if batches_v2 is not None:
+            for key in batches_v2.touched:
+                forget(key)
         self.tick = tick
         return TickChanges(
-            tick, batches, changed_ids, deleted_ids, created_ids, outgoing, released_ids
+            tick,
+            batches,
+            changed_ids,
+            deleted_ids,
+            created_ids,
+            outgoing,
+            released_ids,
+            batches_v2,
         )
+
+    def _type_of(self, obj_id: str) -> str:
+        return self._objects[obj_id].synk_type
 
     def _key_now(self, obj: SynkObject) -> str:
         """The key an object stands under by its position now (not as published)."""
@@ -508,11 +554,7 @@ class World:
         key: str | None = None
         if binding.channel is not None or self._cols.code[binding.slot] != UNPUBLISHED:
             key = self._published_key(obj)
-            members = self._by_key.get(key)
-            if members is not None and members.get(obj.id) is obj:
-                members.pop(obj.id)
-                if not members:
-                    del self._by_key[key]
+            self._exit(key, obj)
         self._objects.pop(obj.id, None)
         self._dirty.pop(obj, None)
         return key
@@ -565,8 +607,8 @@ class World:
         if key is None:
             self._created[oid] = obj
         else:
-            self._by_key.setdefault(key, {})[oid] = obj
-            self._snapshots.pop(key, None)
+            self._enter(key, obj)
+            self._forget_snapshots(key)
             self._pinned.add(obj)
 
     def _release(self, obj: SynkObject) -> None:
@@ -598,7 +640,7 @@ class World:
 
     def _per_object(
         self,
-        out: BatchBuilder,
+        out: _Builder,
         per_object: list[tuple[SynkObject, set[str]]],
         moved_mask: npt.NDArray[np.bool_],
         moved: npt.NDArray[np.int64],
@@ -628,6 +670,8 @@ class World:
         )
         versions = cols.ver[slots] + 1
         cols.ver[slots] = versions
+        # Each one's slot in the key clients know it under (protocol v2).
+        cell_slots = cols.cell_slot[slots].tolist()
         went = slots[did_move]
         cols.prev[0][went] = cols.pos[0][went]
         cols.prev[1][went] = cols.pos[1][went]
@@ -643,9 +687,11 @@ class World:
             codes.tolist(),
             versions.tolist(),
             unmoved.tolist(),
+            cell_slots,
             strict=True,
         )
-        for (obj, names), obj_moved, x, y, old_code, code, ver, still in rows:
+        for (obj, names), obj_moved, x, y, old_code, code, ver, still, cs in rows:
+            t = obj.synk_type
             values = obj._values
             diff = {n: values[n] for n in names}
             binding = obj._binding
@@ -654,7 +700,7 @@ class World:
             old_key = channel if channel is not None else key_for_code(old_code)
             gmap = binding.map
             if gmap is None or not obj_moved:
-                out.mod(old_key, obj.id, ver, diff)
+                out.mod(old_key, obj.id, ver, diff, slot=cs, type_key=t)
                 changed_ids.append(obj.id)
                 continue
             px, py = gmap.pos_fields
@@ -662,7 +708,7 @@ class World:
             diff[px] = rx
             diff[py] = ry
             if code == old_code:
-                out.mod(old_key, obj.id, ver, diff)
+                out.mod(old_key, obj.id, ver, diff, slot=cs, type_key=t)
                 changed_ids.append(obj.id)
                 continue
             new_key = key_for_code(code)
@@ -675,25 +721,33 @@ class World:
                     if still and not names:
                         cols.ver[slot] = ver - 1
                         continue
-                    out.mod(old_key, obj.id, ver, diff)
+                    out.mod(old_key, obj.id, ver, diff, slot=cs, type_key=t)
                     changed_ids.append(obj.id)
                     continue
-                out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
+                out.mod(old_key, obj.id, ver, diff, moved_to=new_key, slot=cs, type_key=t)
                 outgoing.append(self._handover(obj, new_key, old_key))
                 # Still published under its old key until it is released.
                 cols.code[slot] = old_code
                 released.append(obj)
                 continue
             self._rekey(obj, old_key, new_key)
-            out.mod(old_key, obj.id, ver, diff, moved_to=new_key)
+            out.mod(old_key, obj.id, ver, diff, moved_to=new_key, slot=cs, type_key=t)
             # The full state, as `wire_state` writes it.
             state = {**values, px: rx, py: ry}
-            out.add(new_key, obj.id, obj.synk_type, ver, state, moved_from=old_key)
+            out.add(
+                new_key,
+                obj.id,
+                t,
+                ver,
+                state,
+                moved_from=old_key,
+                slot=int(cols.cell_slot[binding.slot]),
+            )
             changed_ids.append(obj.id)
 
     def _plain_motion(
         self,
-        out: BatchBuilder,
+        out: _Builder,
         slots: npt.NDArray[np.int64],
         codes: npt.NDArray[np.int64],
     ) -> None:
@@ -704,9 +758,14 @@ class World:
         codes = codes[order]
         xs = cols.pos[0][slots]
         ys = cols.pos[1][slots]
+        scale = cols.scale[slots]
+        prev_rx = prev_ry = None
+        if self.record_v2:
+            # What clients hold: v2 sends the change of these rounded positions.
+            prev_rx = np.rint(cols.prev[0][slots] * scale)
+            prev_ry = np.rint(cols.prev[1][slots] * scale)
         cols.prev[0][slots] = xs
         cols.prev[1][slots] = ys
-        scale = cols.scale[slots]
         # np.rint(v * s) / s is what `GridMap.round_pos` computes for one value.
         rx = np.rint(xs * scale)
         ry = np.rint(ys * scale)
@@ -725,6 +784,9 @@ class World:
                 ry=ry,
                 scale=scale,
                 cols=cols,
+                prev_rx=prev_rx,
+                prev_ry=prev_ry,
+                codes=group_codes,
             )
         )
 
@@ -739,6 +801,52 @@ class World:
             # ask for, and an empty one's snapshot costs next to nothing anyway.
             if key in self._by_key:
                 self._snapshots[key] = data
+        return data
+
+    def snapshot_v2(self, key: str) -> bytes:
+        """The protocol v2 snapshot of a key as of the last tick; encoded once until it changes.
+
+        Positions are those last published (the columns' `prev`): the next
+        batch's motion deltas start from them.
+        """
+        data = self._snapshots_v2.get(key)
+        if data is not None:
+            return data
+        code = self._keycodes.binary(key)
+        members = self._by_key.get(key)
+        if not members:
+            return code + packed([])
+        table = type_table()
+        cols = self._cols
+        objs = sorted(members.values(), key=_by_id)
+        slots = [o._binding.slot for o in objs]  # type: ignore[union-attr]
+        versions = cols.ver.take(slots).tolist()
+        cell_slots = cols.cell_slot.take(slots).tolist()
+        number = table.number
+        names = table.names
+        positions = table.positions
+        gmap = objs[0]._binding.map  # type: ignore[union-attr]
+        if gmap is None:
+            entries = [
+                [cs, o.id, number[o.synk_type], v, state_array(table, o.synk_type, o._values, 1.0)]
+                for o, v, cs in zip(objs, versions, cell_slots, strict=True)
+            ]
+        else:
+            # The positions last published, as the integers v2 sends.
+            scales = cols.scale.take(slots)
+            xs = np.rint(cols.prev[0].take(slots) * scales).astype(np.int64).tolist()
+            ys = np.rint(cols.prev[1].take(slots) * scales).astype(np.int64).tolist()
+            entries = []
+            for o, v, cs, x, y in zip(objs, versions, cell_slots, xs, ys, strict=True):
+                t = o.synk_type
+                values = o._values
+                state = [values.get(n) for n in names[t]]
+                ix, iy = positions[t]  # type: ignore[misc]
+                state[ix] = x
+                state[iy] = y
+                entries.append([cs, o.id, number[t], v, state])
+        data = code + packed(entries)
+        self._snapshots_v2[key] = data
         return data
 
     def snapshot_message(self, key: str) -> dict[str, Any]:
@@ -853,7 +961,7 @@ class World:
         self._adopted.append(obj.id)
         key = obj.key
         if key is not None:
-            self._snapshots.pop(key, None)
+            self._forget_snapshots(key)
         return obj
 
     def release(self, objs: Iterable[SynkObject]) -> list[dict[str, Any]]:
@@ -873,7 +981,7 @@ class World:
             docs.append(doc)
             self._created.pop(obj.id, None)
             if key is not None:
-                self._snapshots.pop(key, None)
+                self._forget_snapshots(key)
             self._release(obj)
         return docs
 
@@ -965,16 +1073,41 @@ class World:
             cols.prev[1][slot] = y
             cols.tracked[slot] = True
         key = self._published_key(obj)
-        self._by_key.setdefault(key, {})[obj.id] = obj
+        self._enter(key, obj)
         return key
 
     def _rekey(self, obj: SynkObject, old_key: str, new_key: str) -> None:
-        members = self._by_key.get(old_key)
-        if members is not None:
-            members.pop(obj.id, None)
-            if not members:
-                del self._by_key[old_key]
-        self._by_key.setdefault(new_key, {})[obj.id] = obj
+        self._exit(old_key, obj)
+        self._enter(new_key, obj)
+
+    def _enter(self, key: str, obj: SynkObject) -> None:
+        """Lists an object under a key, in the smallest free slot of the key."""
+        members = self._by_key.get(key)
+        if members is None:
+            members = self._by_key[key] = {}
+        elif obj.id in members:
+            return
+        members[obj.id] = obj
+        self._cols.cell_slot[obj._binding.slot] = self._cell_slots.take(key)  # type: ignore[union-attr]
+
+    def _exit(self, key: str, obj: SynkObject) -> int | None:
+        """Takes an object out of a key's list; returns the slot it gives back, if listed."""
+        members = self._by_key.get(key)
+        if members is None or members.get(obj.id) is not obj:
+            return None
+        del members[obj.id]
+        if not members:
+            del self._by_key[key]
+        cols = self._cols
+        col = obj._binding.slot  # type: ignore[union-attr]
+        slot = int(cols.cell_slot[col])
+        cols.cell_slot[col] = -1
+        self._cell_slots.give(key, slot)
+        return slot
+
+    def _forget_snapshots(self, key: str) -> None:
+        self._snapshots.pop(key, None)
+        self._snapshots_v2.pop(key, None)
 
     def _detach(self, obj: SynkObject) -> None:
         binding = obj._binding
@@ -982,6 +1115,9 @@ class World:
         slot = binding.slot
         obj._unbind()
         self._cols.free(slot)
+
+
+_Builder = BatchBuilder | BatchBuilderV2 | BothBuilders
 
 
 def _by_id(obj: SynkObject) -> str:

@@ -19,6 +19,8 @@ from synkworld import (
     World,
     deliver_frames,
 )
+from synkworld._frames import FrameEncoder
+from synkworld._world import TickChanges
 from synkworld.testing import ReferenceClient, world_truth
 
 CELL = 10.0
@@ -203,6 +205,7 @@ class WorldMachine(RuleBasedStateMachine):
             self.world,
             now=self.ticks,
             lag_timeout_s=1e9,
+            encoder=self.frame_encoder(changes),
         )
         self.ticks += 1
         for s, c, reading in zip(self.sessions, self.clients, self.reading, strict=True):
@@ -210,6 +213,10 @@ class WorldMachine(RuleBasedStateMachine):
                 while (frame := s.pop()) is not None:
                     c.apply(frame)
         self.check_clients()
+
+    def frame_encoder(self, changes: TickChanges) -> FrameEncoder | None:
+        """What builds the frames (None: `deliver_frames`' own, protocol v1's)."""
+        return None
 
     def check_clients(self) -> None:
         # Checked right after a tick: between ticks the world holds uncommitted changes.

@@ -12,11 +12,12 @@
 
 from synkworld.testing._clock import FakeClock
 from synkworld.testing._processes import die_with_parent, start_process, start_process_async
-from synkworld.testing._reference import ReferenceClient, world_truth
+from synkworld.testing._reference import ReferenceClient, ReferenceClientV2, world_truth
 
 __all__ = [
     "FakeClock",
     "ReferenceClient",
+    "ReferenceClientV2",
     "die_with_parent",
     "start_process",
     "start_process_async",

@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 
 from synkworld import GridMap, Server, SynkObject, World
-from synkworld.testing import ReferenceClient
+from synkworld.testing import ReferenceClient, ReferenceClientV2
 
 
 class Ship(SynkObject, type="srv-ship"):
@@ -38,12 +38,20 @@ def make_world(objects: int = 0) -> World:
 
 
 class WsClient:
-    """A WebSocket client that applies every frame to a strict reference client."""
+    """A WebSocket client that applies every frame to a strict reference client.
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    A version 2 client's `frames` hold its messages as decoded MessagePack maps,
+    and its tick and resync frames as ``{"m": kind, "n": tick}``.
+    """
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, version: int = 1) -> None:
         self.ws = ws
-        self.ref = ReferenceClient()
+        self.version = version
+        self.ref: ReferenceClient | ReferenceClientV2 = (
+            ReferenceClientV2() if version == 2 else ReferenceClient()
+        )
         self.frames: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []
         self.hello: dict[str, Any] = {}
         self._pings = 0
 
@@ -57,11 +65,17 @@ class WsClient:
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
         msg = await self.ws.receive(timeout=timeout)
-        if msg.type is not aiohttp.WSMsgType.TEXT:
+        expected = aiohttp.WSMsgType.BINARY if self.version == 2 else aiohttp.WSMsgType.TEXT
+        if msg.type is not expected:
             raise ConnectionError(f"got {msg.type!r} ({msg.data!r}, {msg.extra!r})")
-        frame: dict[str, Any] = orjson.loads(msg.data)
+        frame: dict[str, Any]
+        if self.version == 2:
+            self.raw.append(msg.data)
+            frame = self.ref.apply_frame(msg.data)
+        else:
+            frame = orjson.loads(msg.data)
+            self.ref.apply(frame)
         self.frames.append(frame)
-        self.ref.apply(frame)
         return frame
 
     async def recv_until(
@@ -102,9 +116,12 @@ class Harness:
     def world(self) -> World:
         return self.server.world
 
-    async def connect(self, **kw: Any) -> WsClient:
+    async def connect(self, version: int = 1, **kw: Any) -> WsClient:
+        """A client of protocol `version` (2: it offers the subprotocol synkworld.v2)."""
+        if version == 2:
+            kw.setdefault("protocols", ("synkworld.v2",))
         ws = await self.http.ws_connect(self.url + "/ws", **kw)
-        c = WsClient(ws)
+        c = WsClient(ws, version)
         c.hello = await c.recv()
         self.clients.append(c)
         return c

@@ -138,7 +138,10 @@ async def test_subscription_change_applies_after_batches_over_the_wire(serve: An
         check(h)
 
 
-async def test_randomized_run_reference_clients_equal_server_truth(serve: Any) -> None:
+@pytest.mark.parametrize("versions", ["v1", "v1 and v2"])
+async def test_randomized_run_reference_clients_equal_server_truth(
+    serve: Any, versions: str
+) -> None:
     rng = random.Random(2024)
     # Each client sends some 150 messages in a few seconds: more than the default
     # rate limit allows, whose refusals would leave pings unanswered. Rate
@@ -151,7 +154,8 @@ async def test_randomized_run_reference_clients_equal_server_truth(serve: Any) -
         for i in range(3):
             world.create(Post(text=f"p{i}"), key=f"room{i}")
         h.step()
-        clients = [await h.connect() for _ in range(20)]
+        mixed = versions == "v1 and v2"
+        clients = [await h.connect(version=2 if mixed and i % 2 else 1) for i in range(20)]
         for c in clients:
             await c.send({"m": "view", "rect": _rect(rng), "margin": rng.randint(0, 2)})
             await c.sync()
@@ -189,6 +193,11 @@ async def test_randomized_run_reference_clients_equal_server_truth(serve: Any) -
             for c in clients:
                 await c.sync()
             check(h)
+            # Clients of the two versions that hold the same keys hold the same objects.
+            by_keys: dict[frozenset[str], Any] = {}
+            for c in clients:
+                view = by_keys.setdefault(frozenset(c.ref.held), c.ref.view())
+                assert c.ref.view() == view
         assert all(not c.ref.errors or c.ref.errors[0]["code"] == "bad_message" for c in clients)
         assert sum(len(c.ref.objs) for c in clients) > 100
 
