@@ -9,7 +9,7 @@ test:            ## the whole suite: lint, types, web/ tests, pytest (FerretDB, 
 	scripts/test.sh $(ARGS)
 
 demo:            ## the demo map at http://127.0.0.1:$(PORT)/ with the embedded SQLite store
-	scripts/bootstrap.sh python
+	scripts/bootstrap.sh python web
 	.venv/bin/python -m synkworld.demo --port $(PORT) --agents $(AGENTS) $(ARGS)
 
 demo-cluster:    ## the demo map on two processes sharing it through a redis-server of its own

@@ -2,7 +2,8 @@
 # Sets up what synkworld's commands need on a fresh machine, each part only once:
 #   python   a virtual environment in .venv with the package and its dev tools
 #   system   redis-server and chromium (Debian packages; installed when run as root)
-#   web      the JavaScript client's npm packages (web/node_modules)
+#   web      the JavaScript client's npm packages (web/node_modules; servers serve its
+#            MessagePack library from there, so the demos need it too)
 #   ferretdb a MongoDB-compatible server for the store tests (built with Go into .cache/)
 # Usage: scripts/bootstrap.sh [python] [system] [web] [ferretdb]   (no argument: python only)
 set -euo pipefail
@@ -46,7 +47,7 @@ system_part() {
 }
 
 web_part() {
-  command -v npm >/dev/null || die "Node.js 20 with npm is needed for the JavaScript client's tests."
+  command -v npm >/dev/null || die "Node.js 20 with npm is needed for the JavaScript client (its tests, and the MessagePack library a server serves with it)."
   if [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules ]; then
     say "installing web/ npm packages"
     (cd web && npm ci --silent --no-audit --no-fund)

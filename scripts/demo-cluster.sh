@@ -14,7 +14,7 @@ state=".cache/demo-cluster"
 say() { printf '\033[1m[demo-cluster]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[demo-cluster] %s\033[0m\n' "$*" >&2; exit 1; }
 
-scripts/bootstrap.sh python
+scripts/bootstrap.sh python web
 command -v redis-server >/dev/null || scripts/bootstrap.sh system \
   || die "redis-server is needed (Debian: sudo apt-get install redis-server)"
 mkdir -p "$state"

@@ -31,6 +31,7 @@ def node() -> str:
     exe = shutil.which("node")
     if exe is None:
         pytest.skip("node is not on PATH (Node.js 20 is needed for the JavaScript client tests)")
-    if not (WEB / "node_modules" / "ws").is_dir():
-        pytest.skip("web/node_modules/ws is missing: run `npm ci` in web/")
+    for package in ("ws", "@msgpack/msgpack"):
+        if not (WEB / "node_modules" / package).is_dir():
+            pytest.skip(f"web/node_modules/{package} is missing: run `npm ci` in web/")
     return exe

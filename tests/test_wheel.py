@@ -1,8 +1,10 @@
 """The wheel, installed into a fresh virtual environment outside the checkout, works alone.
 
-It carries the JavaScript client (served at /synkworld/client.js, the same
-bytes as web/synkworld.js), the demo with its page, and the LICENSE; it
-builds without warnings.
+It carries the JavaScript client (served at /synkworld/client.js: the bytes
+of web/synkworld.js with its MessagePack import pointed at the served copy)
+and that copy (web/node_modules/@msgpack/msgpack's ES modules, served under
+/synkworld/msgpack/, with the library's license), the demo with its page, and
+the LICENSE; it builds without warnings.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ import pytest
 from tests.served import Served
 
 ROOT = Path(__file__).resolve().parents[1]
+MSGPACK = ROOT / "web" / "node_modules" / "@msgpack" / "msgpack"
+MSGPACK_MODULES = sorted(
+    p.relative_to(MSGPACK / "dist.esm").as_posix() for p in MSGPACK.glob("dist.esm/**/*.mjs")
+)
 pytestmark = pytest.mark.timeout(600)
 LOADTEST_FLAGS = ["--clients", "4", "--seconds", "2", "--sample", "2", "--out"]
 
@@ -27,6 +33,7 @@ LOADTEST_FLAGS = ["--clients", "4", "--seconds", "2", "--sample", "2", "--out"]
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtual environment with the wheel installed; returns its bin/ folder."""
+    assert "index.mjs" in MSGPACK_MODULES, "web/node_modules is missing: run `npm ci` in web/"
     tmp = tmp_path_factory.mktemp("wheel")
     build = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "-w", str(tmp / "dist"), "."],
@@ -52,8 +59,18 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "synkworld/demo/static/index.html",
         "synkworld/demo/static/app.js",
         "synkworld/py.typed",
+        "synkworld/_web/msgpack/LICENSE",
+        *(f"synkworld/_web/msgpack/dist.esm/{m}" for m in MSGPACK_MODULES),
     ]:
         assert part in names, part
+    # Of the npm package, the wheel holds only what the server serves, and the license.
+    assert sorted(n for n in names if n.startswith("synkworld/_web/msgpack/")) == sorted(
+        [
+            "synkworld/_web/msgpack/LICENSE",
+            "synkworld/_web/msgpack/package.json",
+            *(f"synkworld/_web/msgpack/dist.esm/{m}" for m in MSGPACK_MODULES),
+        ]
+    )
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not [n for n in names if n.startswith(("tests/", "bench/", "examples/", "web/"))]
     subprocess.run([sys.executable, "-m", "venv", str(tmp / "venv")], check=True)
@@ -112,7 +129,14 @@ async def test_a_minimal_world_serves_the_client_from_the_wheel(
             async with http.get(served.url + "/synkworld/client.js") as r:
                 assert r.status == 200
                 assert r.headers["ETag"]
-                assert await r.read() == (ROOT / "web" / "synkworld.js").read_bytes()
+                source = (ROOT / "web" / "synkworld.js").read_bytes()
+                bare, served_at = b'from "@msgpack/msgpack";', b'from "./msgpack/index.mjs";'
+                assert await r.read() == source.replace(bare, served_at)
+            for module in MSGPACK_MODULES:
+                async with http.get(served.url + "/synkworld/msgpack/" + module) as r:
+                    assert r.status == 200, module
+                    assert r.content_type == "text/javascript", module
+                    assert await r.read() == (MSGPACK / "dist.esm" / module).read_bytes()
             async with http.get(served.url + "/") as r:
                 assert "/synkworld/client.js" in await r.text()
         assert served.stop() == 0

@@ -1,9 +1,13 @@
-// Public API of the synkworld JavaScript client (synkworld.js), protocol version 1.
+// Public API of the synkworld JavaScript client (synkworld.js), protocol versions 1 and 2.
 // synkworld.js checks itself against this file (see the end of synkworld.js), so
 // the two cannot drift apart without `npm run typecheck` failing.
 
 // ---------------------------------------------------------------------------
-// Wire messages (docs/protocol.md)
+// Wire messages (docs/protocol.md; version 2, docs/protocol-v2.md, carries the same
+// in binary frames: its hello, reply, error and pong are these as MessagePack maps)
+
+/** A wire protocol version: 1, JSON text frames; 2, binary frames. */
+export type ProtocolVersion = 1 | 2;
 
 export type JsonValue = null | boolean | number | string | JsonValue[] | { [key: string]: JsonValue };
 export type State = Record<string, JsonValue>;
@@ -16,7 +20,15 @@ export interface MapInfo {
   pos: [string, string];
   /** Decimals positions are rounded to on the wire. */
   prec: number;
+  /** Version 2: the map's number in grid keys. */
+  num?: number;
 }
+
+/**
+ * Version 2: a type definition, `[number, type key, field names, position]`, where
+ * position is the indices of the two position fields, or null for a type without one.
+ */
+export type TypeDef = [number, string, string[], [number, number] | null];
 
 export interface HelloMsg {
   m: "hello";
@@ -26,6 +38,8 @@ export interface HelloMsg {
   /** Server ticks per second. */
   rate: number;
   maps: Record<string, MapInfo>;
+  /** Version 2: the types the server knew when the client connected. */
+  types?: TypeDef[];
 }
 
 export interface AddEntry {
@@ -67,6 +81,10 @@ export interface Snapshot {
   objs: SnapshotEntry[];
 }
 
+/**
+ * A tick frame. With version 2 the `tick` event gets a summary of the binary
+ * frame: `n`, `sub` and the applied snapshots in this shape; never `b`.
+ */
 export interface TickMsg {
   m: "tick";
   n: number;
@@ -134,6 +152,7 @@ export type ClientMsg = ViewMsg | SubMsg | CallMsg | PingMsg;
 // ---------------------------------------------------------------------------
 // Constants
 
+/** The version of docs/protocol.md, the base that version 2 changes; `PROTOCOL.VERSIONS` lists what this client speaks. */
 export declare const PROTOCOL_VERSION: 1;
 
 /** Everything the wire protocol fixes, in one object, to compare with the Python side. */
@@ -157,6 +176,10 @@ export declare const PROTOCOL: Readonly<{
     "handler_failed",
   ];
   CLOSE_CODES: Readonly<{ POLICY_VIOLATION: 1008; MESSAGE_TOO_BIG: 1009; TRY_AGAIN_LATER: 1013 }>;
+  /** The versions this client speaks. */
+  VERSIONS: readonly [1, 2];
+  /** The WebSocket subprotocol of each version (a version 2 client offers both, 2 first). */
+  SUBPROTOCOLS: Readonly<{ 1: "synkworld.v1"; 2: "synkworld.v2" }>;
 }>;
 
 /** Codes of errors raised by this library itself (never sent by a server). */
@@ -167,9 +190,9 @@ export declare const CLIENT_ERROR_CODES: Readonly<{
   CLOSED: "closed";
   /** A call's encoded frame exceeds PROTOCOL.MAX_CLIENT_FRAME_BYTES. */
   TOO_LARGE: "too_large";
-  /** A server frame that is not JSON, or not shaped as docs/protocol.md says. */
+  /** A server frame that is not JSON (or, in version 2, not binary), or not shaped as the protocol says. */
   BAD_FRAME: "bad_frame";
-  /** The server speaks another protocol version. */
+  /** The server speaks another protocol version (or a version in the other kind of frame). */
   PROTO_MISMATCH: "proto_mismatch";
   /** A user hook (init, update, teardown, constructor) or listener threw. */
   CALLBACK_FAILED: "callback_failed";
@@ -291,11 +314,20 @@ export declare class ObjectCache {
   inKey(key: string): SynkObject[];
   objects(): IterableIterator<SynkObject>;
   /**
-   * Applies one parsed server frame: hello, tick or resync (other kinds are ignored and
-   * return false). Throws SynkError("bad_frame") before changing anything if the frame is
+   * Applies one server frame: a parsed version 1 frame (hello, tick or resync), or the
+   * bytes of a version 2 frame (`Uint8Array` or `ArrayBuffer`). Other kinds are ignored and
+   * return false. Throws SynkError("bad_frame") before changing anything if the frame is
    * malformed.
    */
   apply(frame: unknown): boolean;
+  /**
+   * Applies the bytes of one version 2 frame (after a version 2 hello, itself one of
+   * them). A tick or resync is applied and returned as a summary (`n`, `sub`, the applied
+   * snapshots; not the batches); a message frame is decoded and returned, and applied
+   * only if it is the hello. Throws SynkError("bad_frame") before changing anything if the
+   * frame is malformed.
+   */
+  applyBinary(frame: Uint8Array | ArrayBuffer): ServerMsg;
   applyHello(msg: HelloMsg): void;
   applyTick(msg: TickMsg): void;
   applyResync(msg: ResyncMsg): void;
@@ -313,6 +345,10 @@ export declare class ObjectCache {
 /** The part of a WebSocket the client uses; the browser's and the `ws` package's fit. */
 export interface WebSocketLike {
   readonly readyState: number;
+  /** Set to "arraybuffer" by the client, so that binary frames are read at once. */
+  binaryType?: string;
+  /** The subprotocol the server selected ("" for none). */
+  readonly protocol?: string;
   send(data: string): void;
   close(code?: number, reason?: string): void;
   onopen: ((ev: any) => void) | null;
@@ -322,7 +358,8 @@ export interface WebSocketLike {
 }
 
 export interface WebSocketClass {
-  new (url: string): WebSocketLike;
+  /** `protocols` is given only when the client offers subprotocols (version 2). */
+  new (url: string, protocols?: string[]): WebSocketLike;
 }
 
 export interface ClientOptions extends CacheOptions {
@@ -330,6 +367,12 @@ export interface ClientOptions extends CacheOptions {
   WebSocket?: WebSocketClass;
   /** Sent as the `token` query parameter. */
   token?: string;
+  /**
+   * The version to speak (default 2). With 2 the client offers the subprotocols
+   * "synkworld.v2", "synkworld.v1" and speaks what the server answers (its first frame:
+   * binary is version 2, a JSON hello version 1); with 1 it offers none and speaks JSON.
+   */
+  protocol?: ProtocolVersion;
   /** Reconnect after a drop (default true). */
   reconnect?: boolean;
   /** First reconnect delay in ms before jitter (default 500); doubles per failed attempt. */
@@ -385,6 +428,8 @@ export declare class Client {
   readonly state: ClientState;
   /** The last hello of the current session, or null. */
   readonly hello: HelloMsg | null;
+  /** The protocol version the current session speaks, or null before its hello. */
+  readonly protocol: ProtocolVersion | null;
   /** The last server tick number seen (hello, tick, resync or pong). */
   readonly tick: number;
   /** Smoothed round-trip time from ping/pong, in ms; null before the first pong. */

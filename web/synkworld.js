@@ -2,13 +2,22 @@
 /**
  * synkworld client: a connection to a synkworld server (Client) and the object
  * cache that applies its frames (ObjectCache), for browsers and Node, with no
- * build step. The wire protocol is docs/protocol.md (version 1); the public types are
- * in synkworld.d.ts, which the end of this file checks the code against.
+ * build step. It speaks the wire protocol of docs/protocol.md (version 1, JSON
+ * text frames) and docs/protocol-v2.md (version 2, binary frames); the public
+ * types are in synkworld.d.ts, which the end of this file checks the code against.
  *
- * Layering: constants and helpers, then SynkObject, then ObjectCache (frames in,
- * objects and add/mod/rem events out, no I/O), then Client (socket, reconnects,
- * subscription, calls, ping), which owns one ObjectCache.
+ * Layering: constants and helpers, then the version 2 frame reader, then
+ * SynkObject, then ObjectCache (frames in, objects and add/mod/rem events out,
+ * no I/O), then Client (socket, reconnects, subscription, calls, ping), which
+ * owns one ObjectCache.
+ *
+ * The one import is MessagePack, for the parts of version 2 frames that are not
+ * hand-laid binary. A server serves this file at /synkworld/client.js with the
+ * bare specifier below rewritten to the copy of the library it serves beside it
+ * (synkworld/_client_files.py), so a page without a bundler can import it too.
  */
+
+import { Decoder } from "@msgpack/msgpack";
 
 /** @typedef {import("./synkworld.js").JsonValue} JsonValue */
 /** @typedef {import("./synkworld.js").State} State */
@@ -37,6 +46,9 @@
 /** @typedef {import("./synkworld.js").ViewRequest} ViewRequest */
 /** @typedef {import("./synkworld.js").WebSocketLike} WebSocketLike */
 /** @typedef {import("./synkworld.js").WebSocketClass} WebSocketClass */
+/** @typedef {import("./synkworld.js").TypeDef} TypeDef */
+/** @typedef {import("./synkworld.js").ServerMsg} ServerMsg */
+/** @typedef {import("./synkworld.js").ProtocolVersion} ProtocolVersion */
 
 // ---------------------------------------------------------------------------
 // Constants
@@ -64,6 +76,8 @@ export const PROTOCOL = Object.freeze(
       "handler_failed",
     ],
     CLOSE_CODES: Object.freeze({ POLICY_VIOLATION: 1008, MESSAGE_TOO_BIG: 1009, TRY_AGAIN_LATER: 1013 }),
+    VERSIONS: Object.freeze(/** @type {const} */ ([1, 2])),
+    SUBPROTOCOLS: Object.freeze({ 1: "synkworld.v1", 2: "synkworld.v2" }),
   }),
 );
 
@@ -238,6 +252,242 @@ function checkHello(msg) {
   for (const info of Object.values(msg.maps)) {
     need(isObj(info) && Array.isArray(info.pos) && info.pos.length === 2 && info.pos.every(isStr), "bad map in hello");
   }
+}
+
+// ---------------------------------------------------------------------------
+// Protocol version 2 (docs/protocol-v2.md): binary frames. Reading them is the
+// hot path of a busy client (a frame of a few hundred objects, mostly 3-byte
+// motion entries, every tick), so the hand-laid parts are read with plain loops
+// over the bytes, and MessagePack only decodes the parts that are MessagePack.
+
+const V2_TICK = 0x01;
+const V2_RESYNC = 0x02;
+const V2_MESSAGE = 0x03;
+
+// Tick frame parts, then batch parts, in the order they follow each other.
+const TICK_TYPES = 0x01;
+const TICK_SUB_REM = 0x02;
+const TICK_SUB_ADD = 0x04;
+const TICK_BATCHES = 0x08;
+const TICK_SNAPS = 0x10;
+const BATCH_REM = 0x01;
+const BATCH_LEAVE = 0x02;
+const BATCH_ENTRIES = 0x04;
+/** Motion entries without slots: every object the entries did not name, in slot order. */
+const BATCH_DENSE = 0x08;
+/** A batch's head is its motion count times 16, plus its bits. */
+const BATCH_HEAD = 16;
+
+/** One decoder for every frame: building one per frame would cost more than most frames. */
+const msgpack = new Decoder();
+/** Channel keys must be valid UTF-8: a key that is not is a broken frame, not a new key. */
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * What the cache knows of one type of this session: its field names, and the
+ * names of its two position fields (null for a type without a position).
+ * @typedef {{num: number, key: string, fields: string[], fx: string | null, fy: string | null,
+ *   ix: number, iy: number}} TypeInfo
+ */
+
+/** A map as version 2 numbers it: its name and the factor of its position integers. @typedef {{name: string, scale: number}} MapNum */
+
+/**
+ * An object's place in a version 2 session: its slot in the table of its key,
+ * and its position integers (NaN when it has none).
+ * @typedef {{obj: SynkObject, type: TypeInfo, key: string, slot: number, x: number, y: number, scale: number}} SlotRecord
+ */
+
+/**
+ * Where one batch's parts are in its frame (byte offsets and counts), and its
+ * decoded entries (null when absent or not held).
+ * @typedef {{key: string, scale: number, held: boolean, rem: number, remN: number, leave: number, leaveN: number,
+ *   adds: any[][] | null, mods: any[][] | null, motion: number, motionN: number, dense: boolean}} BatchPlan
+ */
+
+/**
+ * A cursor over one frame. Every read checks the end, so that a truncated or
+ * garbled frame fails as `bad_frame` instead of reading past it.
+ */
+class Reader {
+  /** @param {Uint8Array} buf */
+  constructor(buf) {
+    this.buf = buf;
+    this.pos = 0;
+    this.end = buf.length;
+    /** The factor of the position integers under the last key read: 10^prec of its map, 1 for a channel key. */
+    this.scale = 1;
+  }
+
+  u8() {
+    if (this.pos >= this.end) need(false, "truncated frame");
+    return this.buf[this.pos++];
+  }
+
+  /** An unsigned LEB128 varint, exact up to 2^53. */
+  varint() {
+    const buf = this.buf;
+    let pos = this.pos;
+    if (pos >= this.end) need(false, "truncated frame");
+    let b = buf[pos++];
+    if (b < 0x80) {
+      this.pos = pos;
+      return b;
+    }
+    // Multiplies instead of shifting: JavaScript shifts are 32-bit, varints reach 53 bits.
+    let n = b & 0x7f;
+    let mul = 0x80;
+    for (let i = 1; ; i++) {
+      need(i < 10 && pos < this.end, "bad varint");
+      b = buf[pos++];
+      n += (b & 0x7f) * mul;
+      if (b < 0x80) break;
+      mul *= 0x80;
+    }
+    this.pos = pos;
+    return n;
+  }
+
+  /** A zigzag-coded signed integer. */
+  zigzag() {
+    const n = this.varint();
+    if (n < 0x80000000) return (n >>> 1) ^ -(n & 1);
+    return n % 2 === 0 ? n / 2 : -(n + 1) / 2;
+  }
+
+  /**
+   * A MessagePack value behind its varint length.
+   * @returns {unknown}
+   */
+  mp() {
+    const len = this.varint();
+    const start = this.pos;
+    need(len <= this.end - start, "truncated frame");
+    this.pos = start + len;
+    try {
+      return msgpack.decode(this.buf.subarray(start, start + len));
+    } catch (err) {
+      need(false, `bad MessagePack: ${err instanceof Error ? err.message : err}`);
+    }
+  }
+
+  /** Skips a MessagePack value behind its varint length. */
+  skipMp() {
+    const len = this.varint();
+    need(len <= this.end - this.pos, "truncated frame");
+    this.pos += len;
+  }
+
+  /**
+   * A subscription key, as its version 1 string.
+   * @param {readonly (MapNum | undefined)[]} maps
+   * @returns {string}
+   */
+  key(maps) {
+    const tag = this.varint();
+    if (tag === 0) {
+      this.scale = 1;
+      const len = this.varint();
+      const start = this.pos;
+      need(len <= this.end - start, "truncated frame");
+      this.pos = start + len;
+      try {
+        return utf8.decode(this.buf.subarray(start, start + len));
+      } catch {
+        need(false, "channel key is not UTF-8");
+      }
+    }
+    const map = maps[tag - 1];
+    need(map !== undefined, `key of map number ${tag - 1}, which the hello did not name`);
+    const cx = this.zigzag();
+    const cy = this.zigzag();
+    this.scale = map.scale;
+    return `${map.name}:${cx}:${cy}`;
+  }
+
+  done() {
+    need(this.pos === this.end, "bytes after the end of the frame");
+  }
+}
+
+/** @param {unknown} x @returns {x is number} */
+const isSlot = (x) => typeof x === "number" && Number.isInteger(x) && x >= 0;
+
+/**
+ * Reads type definitions (`[number, type key, field names, position]`).
+ * @param {unknown} defs
+ * @returns {TypeInfo[]}
+ */
+function readTypes(defs) {
+  need(Array.isArray(defs), "types is not a list");
+  return defs.map((d) => {
+    need(Array.isArray(d) && d.length === 4 && isSlot(d[0]) && isStr(d[1]), "bad type definition");
+    const [num, key, fields, pos] = d;
+    need(Array.isArray(fields) && fields.every(isStr), `bad field names of type ${key}`);
+    need(
+      absent(pos) || (Array.isArray(pos) && pos.length === 2 && pos.every((i) => isSlot(i) && i < fields.length)),
+      `bad position of type ${key}`,
+    );
+    const [ix, iy] = absent(pos) ? [-1, -1] : pos;
+    return { num, key, fields, fx: ix < 0 ? null : fields[ix], fy: iy < 0 ? null : fields[iy], ix, iy };
+  });
+}
+
+/**
+ * Checks a list of adds or snapshot entries, `[slot, id, type number, version, state]`.
+ * @param {unknown} adds
+ * @param {(num: number) => TypeInfo | undefined} typeOf
+ * @returns {any[][]}
+ */
+function checkAdds(adds, typeOf) {
+  need(Array.isArray(adds), "adds is not a list");
+  for (const a of adds) {
+    need(Array.isArray(a) && a.length === 5 && isSlot(a[0]) && isStr(a[1]) && isSlot(a[2]) && isNum(a[3]), "bad add");
+    const type = typeOf(a[2]);
+    need(type !== undefined, `add of type number ${a[2]}, which no definition named`);
+    need(Array.isArray(a[4]) && a[4].length === type.fields.length, `bad state of object ${a[1]}`);
+  }
+  return adds;
+}
+
+/**
+ * Checks a list of mods, `[slot, version, {field index: value}]`.
+ * @param {unknown} mods
+ * @returns {any[][]}
+ */
+function checkMods(mods) {
+  need(Array.isArray(mods), "mods is not a list");
+  for (const m of mods) need(Array.isArray(m) && m.length === 3 && isSlot(m[0]) && isNum(m[1]) && isObj(m[2]), "bad mod");
+  return mods;
+}
+
+/**
+ * The bytes of a binary WebSocket message, or null for what is not binary.
+ * @param {unknown} data
+ * @returns {Uint8Array | null}
+ */
+function bytesOf(data) {
+  if (data instanceof Uint8Array) return data;
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  return null;
+}
+
+/**
+ * The MessagePack map of a message frame (`03`): hello, reply, error or pong.
+ * @param {Uint8Array} bytes
+ * @returns {Record<string, any>}
+ */
+function decodeMessage(bytes) {
+  /** @type {unknown} */
+  let msg;
+  try {
+    msg = msgpack.decode(bytes.subarray(1));
+  } catch (err) {
+    need(false, `bad MessagePack: ${err instanceof Error ? err.message : err}`);
+  }
+  need(isObj(msg) && isStr(msg.m), "message frame is not a map with m");
+  return msg;
 }
 
 // ---------------------------------------------------------------------------
@@ -426,6 +676,23 @@ export class ObjectCache extends Emitter {
   /** @type {() => number} */
   #now;
 
+  // Version 2 only. Batches name objects by their slot in a cell, so each held
+  // key has a slot table; an object's record keeps its slot and its position
+  // integers, to which motion deltas add exactly (the shown values are these
+  // divided by 10^prec, which float arithmetic could not carry tick after tick).
+  /** The version of the last hello: tick and resync bytes are read only after a version 2 one. */
+  #helloProto = 0;
+  /** Maps by their hello number. @type {(MapNum | undefined)[]} */
+  #mapNums = [];
+  /** Types by their number. @type {(TypeInfo | undefined)[]} */
+  #types = [];
+  /** Held key -> slot -> record. @type {Map<string, (SlotRecord | undefined)[]>} */
+  #slots = new Map();
+  /** @type {Map<SynkObject, SlotRecord>} */
+  #records = new Map();
+  /** Objects that left a cell in this frame for a key that should carry them on. @type {Set<SlotRecord>} */
+  #leaving = new Set();
+
   /** @param {CacheOptions} [options] */
   constructor(options = {}) {
     super();
@@ -482,11 +749,16 @@ export class ObjectCache extends Emitter {
   }
 
   /**
-   * Applies one parsed server frame (hello, tick or resync; other kinds return false).
+   * Applies one server frame: a parsed version 1 frame (hello, tick or resync), or
+   * the bytes of a version 2 frame; other kinds return false.
    * @param {unknown} frame
    * @returns {boolean}
    */
   apply(frame) {
+    if (bytesOf(frame)) {
+      const m = this.applyBinary(/** @type {Uint8Array} */ (frame)).m;
+      return m === "hello" || m === "tick" || m === "resync";
+    }
     need(isObj(frame), "not an object");
     switch (frame.m) {
       case "hello":
@@ -506,8 +778,48 @@ export class ObjectCache extends Emitter {
   /** @param {HelloMsg} msg */
   applyHello(msg) {
     checkHello(msg);
+    /** @type {(MapNum | undefined)[]} */
+    const nums = [];
+    /** @type {(TypeInfo | undefined)[]} */
+    const types = [];
+    if (msg.proto === 2) {
+      for (const [name, info] of Object.entries(msg.maps)) {
+        need(isSlot(info.num) && nums[info.num] === undefined, `bad map number in hello: ${name}`);
+        need(isSlot(info.prec), `bad prec of map ${name}`);
+        nums[info.num] = { name, scale: 10 ** info.prec };
+      }
+      for (const t of readTypes(msg.types)) types[t.num] = t;
+    }
     this.#maps = Object.assign(Object.create(null), msg.maps);
     this.#tickMs = msg.rate > 0 ? 1000 / msg.rate : 0;
+    this.#mapNums = nums;
+    this.#types = types;
+    this.#helloProto = msg.proto;
+  }
+
+  /**
+   * Applies the bytes of one version 2 frame (docs/protocol-v2.md). A tick or
+   * resync is applied and returned as a summary (`n`, `sub`, and the snapshots
+   * in version 1 shape; not the batches); a message frame is decoded and
+   * returned, and applied when it is the hello. Throws SynkError("bad_frame")
+   * before changing anything if the frame is malformed.
+   * @param {Uint8Array | ArrayBuffer} data
+   * @returns {ServerMsg}
+   */
+  applyBinary(data) {
+    const bytes = bytesOf(data);
+    need(bytes && bytes.length > 0, "empty frame");
+    const kind = bytes[0];
+    if (kind === V2_MESSAGE) {
+      const msg = decodeMessage(bytes);
+      if (msg.m === "hello") this.applyHello(/** @type {HelloMsg} */ (msg));
+      return /** @type {ServerMsg} */ (msg);
+    }
+    need(kind === V2_TICK || kind === V2_RESYNC, `unknown frame kind ${kind}`);
+    need(this.#helloProto === 2, "a version 2 tick or resync before a version 2 hello");
+    const r = new Reader(bytes);
+    r.pos = 1;
+    return kind === V2_TICK ? this.#applyTick2(r) : this.#applyResync2(r);
   }
 
   /**
@@ -549,6 +861,8 @@ export class ObjectCache extends Emitter {
   /** Starts a new server session: no key held; every object stale until a snapshot names it. */
   beginSession() {
     this.#held.clear();
+    this.#slots.clear();
+    this.#records.clear();
     this.#stale = new Set(this.#byId.keys());
   }
 
@@ -568,7 +882,394 @@ export class ObjectCache extends Emitter {
   clear(reason = "closed") {
     for (const obj of [...this.#byId.values()]) this.#remove(obj, null, reason);
     this.#held.clear();
+    this.#slots.clear();
     this.#stale.clear();
+  }
+
+  // -- version 2 ------------------------------------------------------------
+  // Each frame is read twice: once whole, to check it and to note where its
+  // parts are, so that a broken frame changes nothing, then again to apply it.
+  // Only the hand-laid parts are read twice (a few hundred bytes); MessagePack once.
+
+  /**
+   * @param {number} num
+   * @returns {TypeInfo | undefined}
+   */
+  #typeOf = (num) => this.#types[num];
+
+  /**
+   * @param {Reader} r
+   * @returns {TickMsg}
+   */
+  #applyTick2(r) {
+    const n = r.varint();
+    const parts = r.u8();
+    need((parts & ~0x1f) === 0, `unknown tick parts ${parts}`);
+    const added = this.#frameTypes(r, parts);
+    const typeOf = this.#typesWith(added);
+    const subRem = parts & TICK_SUB_REM ? this.#readKeys(r) : [];
+    const subAdd = parts & TICK_SUB_ADD ? this.#readKeys(r) : [];
+    /** @type {BatchPlan[]} */
+    const batches = [];
+    if (parts & TICK_BATCHES) {
+      for (let i = r.varint(); i > 0; i--) batches.push(this.#readBatch(r, typeOf));
+    }
+    /** @type {{key: string, scale: number, adds: any[][]}[]} */
+    const snaps = [];
+    if (parts & TICK_SNAPS) {
+      for (let i = r.varint(); i > 0; i--) {
+        const key = r.key(this.#mapNums);
+        snaps.push({ key, scale: r.scale, adds: checkAdds(r.mp(), typeOf) });
+      }
+    }
+    r.done();
+
+    // The frame is sound: apply it, in the order of docs/protocol-v2.md.
+    for (const t of added) this.#types[t.num] = t;
+    const subAddSet = new Set(subAdd);
+    this.#leaving.clear();
+    for (const b of batches) if (b.held) this.#applyBatch2(r, b, subAddSet);
+    for (const key of subRem) this.#dropKey(key);
+    for (const key of subAdd) {
+      this.#held.add(key);
+      if (!this.#slots.has(key)) this.#slots.set(key, []);
+    }
+    /** @type {Snapshot[]} */
+    const snap = [];
+    for (const s of snaps) {
+      // As in version 1: a snapshot of a key not held would leave objects that
+      // nothing removes, so it is ignored like a stray batch.
+      if (this.#held.has(s.key)) snap.push(this.#applySnapshot2(s.key, s.scale, s.adds));
+    }
+    this.#dropLeavers();
+    /** @type {TickMsg} */
+    const msg = { m: "tick", n };
+    if (subAdd.length > 0 || subRem.length > 0) msg.sub = { add: subAdd, rem: subRem };
+    if (snap.length > 0) msg.snap = snap;
+    return msg;
+  }
+
+  /**
+   * @param {Reader} r
+   * @returns {ResyncMsg}
+   */
+  #applyResync2(r) {
+    const n = r.varint();
+    const parts = r.u8();
+    need((parts & ~TICK_TYPES) === 0, `unknown resync parts ${parts}`);
+    const added = this.#frameTypes(r, parts);
+    const typeOf = this.#typesWith(added);
+    /** @type {{key: string, scale: number, adds: any[][]}[]} */
+    const snaps = [];
+    for (let i = r.varint(); i > 0; i--) {
+      const key = r.key(this.#mapNums);
+      snaps.push({ key, scale: r.scale, adds: checkAdds(r.mp(), typeOf) });
+    }
+    r.done();
+
+    for (const t of added) this.#types[t.num] = t;
+    const keep = new Set(snaps.flatMap((s) => s.adds.map((a) => a[1])));
+    for (const obj of [...this.#byId.values()]) {
+      if (!keep.has(obj.id)) this.#remove(obj, null, "resync");
+    }
+    this.#held.clear();
+    this.#slots.clear();
+    /** @type {(SlotRecord | undefined)[][]} */
+    const tables = snaps.map((s) => {
+      this.#held.add(s.key);
+      /** @type {(SlotRecord | undefined)[]} */
+      const table = [];
+      this.#slots.set(s.key, table);
+      return table;
+    });
+    this.#leaving.clear();
+    // Not #applySnapshot2: an object may have moved from one held key to another
+    // while frames were dropped, so a snapshot not naming it is no reason to drop it.
+    const snap = snaps.map((s, i) => ({ k: s.key, objs: s.adds.map((a) => this.#place(a, s.key, s.scale, tables[i])) }));
+    this.#stale.clear();
+    return { m: "resync", n, snap };
+  }
+
+  /**
+   * Reads a frame's `types` part, if it has one (`parts & TICK_TYPES`).
+   * @param {Reader} r
+   * @param {number} parts
+   * @returns {TypeInfo[]}
+   */
+  #frameTypes(r, parts) {
+    return parts & TICK_TYPES ? readTypes(r.mp()) : [];
+  }
+
+  /**
+   * The types as they will be once a frame's new definitions are applied: the
+   * entries of a frame may use the types it defines.
+   * @param {TypeInfo[]} added
+   * @returns {(num: number) => TypeInfo | undefined}
+   */
+  #typesWith(added) {
+    if (added.length === 0) return this.#typeOf;
+    const byNum = new Map(added.map((t) => [t.num, t]));
+    return (num) => byNum.get(num) ?? this.#types[num];
+  }
+
+  /**
+   * @param {Reader} r
+   * @returns {string[]}
+   */
+  #readKeys(r) {
+    const keys = [];
+    for (let i = r.varint(); i > 0; i--) keys.push(r.key(this.#mapNums));
+    return keys;
+  }
+
+  /**
+   * Reads one batch: checks it, and notes where its parts are. The entries of
+   * a batch the client does not hold are skipped, not decoded.
+   * @param {Reader} r
+   * @param {(num: number) => TypeInfo | undefined} typeOf
+   * @returns {BatchPlan}
+   */
+  #readBatch(r, typeOf) {
+    const maps = this.#mapNums;
+    const key = r.key(maps);
+    const scale = r.scale;
+    const held = this.#held.has(key);
+    const head = r.varint();
+    const parts = head % BATCH_HEAD;
+    const dense = (parts & BATCH_DENSE) !== 0;
+    /** @type {BatchPlan} */
+    const b = { key, scale, held, rem: 0, remN: 0, leave: 0, leaveN: 0, adds: null, mods: null, motion: 0, motionN: 0, dense };
+    if (parts & BATCH_REM) {
+      b.remN = r.varint();
+      b.rem = r.pos;
+      for (let i = b.remN; i > 0; i--) r.varint();
+    }
+    if (parts & BATCH_LEAVE) {
+      b.leaveN = r.varint();
+      b.leave = r.pos;
+      for (let i = b.leaveN; i > 0; i--) {
+        r.varint();
+        r.key(maps);
+      }
+    }
+    if (parts & BATCH_ENTRIES) {
+      if (held) {
+        const entries = r.mp();
+        need(Array.isArray(entries) && entries.length === 2, `bad entries in ${key}`);
+        b.adds = checkAdds(entries[0], typeOf);
+        b.mods = checkMods(entries[1]);
+      } else {
+        r.skipMp();
+      }
+    }
+    b.motionN = (head - parts) / BATCH_HEAD;
+    b.motion = r.pos;
+    for (let i = b.motionN * (dense ? 2 : 3); i > 0; i--) r.varint();
+    return b;
+  }
+
+  /**
+   * One cell's batch, in the order of docs/protocol-v2.md: rem, leave, adds, mods, motion.
+   * @param {Reader} r
+   * @param {BatchPlan} b
+   * @param {ReadonlySet<string>} subAdd
+   */
+  #applyBatch2(r, b, subAdd) {
+    const key = b.key;
+    let table = this.#slots.get(key);
+    if (!table) this.#slots.set(key, (table = []));
+    r.pos = b.rem;
+    for (let i = b.remN; i > 0; i--) {
+      const rec = table[r.varint()];
+      if (rec) this.#remove(rec.obj, { id: rec.obj.id }, "deleted");
+    }
+    r.pos = b.leave;
+    for (let i = b.leaveN; i > 0; i--) {
+      const slot = r.varint();
+      const to = r.key(this.#mapNums);
+      const rec = table[slot];
+      // Empty, or the new cell's batch came first and moved the object already.
+      if (!rec || rec.key !== key) continue;
+      table[slot] = undefined;
+      rec.slot = -1;
+      const obj = rec.obj;
+      if (this.#held.has(to) || subAdd.has(to)) {
+        // The add in the new key's batch, or its snapshot, carries the object on.
+        // Held under the new key from now, so a sub.rem of this one spares it.
+        this.#move(obj, to);
+        rec.key = to;
+        this.#leaving.add(rec);
+      } else {
+        this.#remove(obj, { id: obj.id, v: obj.version, d: {}, to }, "moved_out");
+      }
+    }
+    for (const a of b.adds ?? []) this.#place(a, key, b.scale, table);
+    for (const m of b.mods ?? []) {
+      const rec = table[m[0]];
+      if (rec && m[1] > rec.obj.version) this.#applyMod2(rec, m[1], m[2]);
+    }
+    if (b.motionN === 0) return;
+    r.pos = b.motion;
+    if (!b.dense) {
+      for (let i = b.motionN; i > 0; i--) {
+        const rec = table[r.varint()];
+        const dx = r.zigzag();
+        const dy = r.zigzag();
+        if (rec !== undefined) this.#move2(rec, dx, dy);
+      }
+      return;
+    }
+    // Dense: the entries are, in slot order, every object of the cell now
+    // that the adds and mods did not name.
+    const named = b.adds?.length || b.mods?.length ? new Set([...(b.adds ?? []), ...(b.mods ?? [])].map((e) => e[0])) : null;
+    let others = 0;
+    for (let s = 0; s < table.length; s++) if (table[s] !== undefined && !named?.has(s)) others++;
+    if (others !== b.motionN) {
+      // Found while applying, when a throw would leave the frame half-applied: reported, skipped.
+      const what = `dense motion of ${b.motionN} objects in ${key}, which holds ${others} others`;
+      this.emit("error", new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, `malformed frame: ${what}`));
+      return;
+    }
+    let s = 0;
+    for (let i = b.motionN; i > 0; i--) {
+      while (table[s] === undefined || (named !== null && named.has(s))) s++;
+      const rec = /** @type {SlotRecord} */ (table[s++]);
+      const dx = r.zigzag();
+      const dy = r.zigzag();
+      this.#move2(rec, dx, dy);
+    }
+  }
+
+  /**
+   * A motion entry: the deltas added to the position integers, the version up by one.
+   * @param {SlotRecord} rec
+   * @param {number} dx
+   * @param {number} dy
+   */
+  #move2(rec, dx, dy) {
+    const fx = rec.type.fx;
+    const fy = rec.type.fy;
+    if (fx === null || fy === null) return;
+    rec.x += dx;
+    rec.y += dy;
+    const obj = rec.obj;
+    /** @type {State} */
+    const d = {};
+    d[fx] = rec.x / rec.scale;
+    d[fy] = rec.y / rec.scale;
+    const v = obj.version + 1;
+    this.#change(obj, d, v, { id: obj.id, v, d });
+  }
+
+  /**
+   * @param {SlotRecord} rec
+   * @param {number} v
+   * @param {Record<string, unknown>} diff field index -> value
+   */
+  #applyMod2(rec, v, diff) {
+    const type = rec.type;
+    /** @type {State} */
+    const d = {};
+    for (const k in diff) {
+      const i = Number(k);
+      const name = type.fields[i];
+      if (name === undefined) continue; // no field of this type: nothing to name it by
+      let value = /** @type {JsonValue} */ (diff[k]);
+      if (typeof value === "number" && (i === type.ix || i === type.iy)) {
+        if (i === type.ix) rec.x = value;
+        else rec.y = value;
+        value = value / rec.scale;
+      }
+      d[name] = value;
+    }
+    this.#change(rec.obj, d, v, { id: rec.obj.id, v, d });
+  }
+
+  /**
+   * A version 2 snapshot: the key's slots become the snapshot's; objects under
+   * the key that it does not name are torn down.
+   * @param {string} key
+   * @param {number} scale
+   * @param {any[][]} adds
+   * @returns {Snapshot}
+   */
+  #applySnapshot2(key, scale, adds) {
+    const ids = new Set(adds.map((a) => a[1]));
+    for (const obj of this.inKey(key)) {
+      if (!ids.has(obj.id)) this.#remove(obj, null, this.#stale.has(obj.id) ? "session" : "snapshot");
+    }
+    /** @type {(SlotRecord | undefined)[]} */
+    const table = [];
+    this.#slots.set(key, table);
+    return { k: key, objs: adds.map((a) => this.#place(a, key, scale, table)) };
+  }
+
+  /**
+   * An add or snapshot entry `[slot, id, type number, version, state]`: creates
+   * the object, or replaces the state of the one with that id (same instance,
+   * wherever it was held), and gives it the slot.
+   * @param {any[]} a
+   * @param {string} key
+   * @param {number} scale
+   * @param {(SlotRecord | undefined)[]} table
+   * @returns {SnapshotEntry}
+   */
+  #place(a, key, scale, table) {
+    const slot = /** @type {number} */ (a[0]);
+    const id = /** @type {string} */ (a[1]);
+    const type = /** @type {TypeInfo} */ (this.#types[a[2]]);
+    const values = /** @type {JsonValue[]} */ (a[4]);
+    const fields = type.fields;
+    /** @type {State} */
+    const s = {};
+    for (let i = 0; i < fields.length; i++) s[fields[i]] = values[i];
+    let x = NaN;
+    let y = NaN;
+    if (type.fx !== null && type.fy !== null) {
+      const vx = values[type.ix];
+      const vy = values[type.iy];
+      if (typeof vx === "number") s[type.fx] = (x = vx) / scale;
+      if (typeof vy === "number") s[type.fy] = (y = vy) / scale;
+    }
+    const entry = { id, t: type.key, v: /** @type {number} */ (a[3]), s };
+    this.#upsert(entry, key);
+    const obj = this.#byId.get(id);
+    if (!obj) return entry; // a listener of the add removed it again
+    let rec = this.#records.get(obj);
+    if (rec) {
+      this.#freeSlot(rec);
+      this.#leaving.delete(rec);
+    } else {
+      this.#records.set(obj, (rec = { obj, type, key, slot, x, y, scale }));
+    }
+    rec.type = type;
+    rec.key = key;
+    rec.slot = slot;
+    rec.x = x;
+    rec.y = y;
+    rec.scale = scale;
+    const prev = table[slot];
+    if (prev && prev !== rec) prev.slot = -1; // the server gave a slot still taken
+    table[slot] = rec;
+    return entry;
+  }
+
+  /** @param {SlotRecord} rec */
+  #freeSlot(rec) {
+    if (rec.slot < 0) return;
+    const table = this.#slots.get(rec.key);
+    if (table && table[rec.slot] === rec) table[rec.slot] = undefined;
+    rec.slot = -1;
+  }
+
+  /** Objects that left a cell for a key that then carried nothing of them: gone. */
+  #dropLeavers() {
+    if (this.#leaving.size === 0) return;
+    const left = [...this.#leaving];
+    this.#leaving.clear();
+    for (const rec of left) {
+      if (this.#byId.get(rec.obj.id) === rec.obj) this.#remove(rec.obj, null, "moved_out");
+    }
   }
 
   /**
@@ -657,6 +1358,7 @@ export class ObjectCache extends Emitter {
   #dropKey(key) {
     this.#held.delete(key);
     for (const obj of this.inKey(key)) this.#remove(obj, null, "unsubscribed");
+    this.#slots.delete(key);
   }
 
   /**
@@ -740,6 +1442,12 @@ export class ObjectCache extends Emitter {
     this.#unindex(obj);
     this.#stale.delete(obj.id);
     motion.delete(obj);
+    const rec = this.#records.get(obj);
+    if (rec) {
+      this.#records.delete(obj);
+      this.#freeSlot(rec);
+      this.#leaving.delete(rec);
+    }
     this.emit("rem", obj, msg, reason);
     this.#hook(obj, "teardown", () => obj.teardown(reason));
   }
@@ -848,6 +1556,14 @@ export class Client extends Emitter {
   #settleTimeoutMs;
   #now;
   #random;
+  /** The version asked for. @type {ProtocolVersion} */
+  #protocol;
+  /** False once a server refused the handshake for offering subprotocols (see #open). */
+  #offerSubprotocols = true;
+  /** What the current socket speaks: 0 until its hello says. @type {0 | ProtocolVersion} */
+  #wire = 0;
+  /** @type {ProtocolVersion | null} */
+  #sessionProtocol = null;
 
   /** @type {WebSocketLike | null} */
   #ws = null;
@@ -902,6 +1618,9 @@ export class Client extends Emitter {
     this.#settleTimeoutMs = options.settleTimeoutMs ?? 3000;
     this.#now = options.now ?? defaultNow;
     this.#random = options.random ?? Math.random;
+    const protocol = options.protocol ?? 2;
+    if (protocol !== 1 && protocol !== 2) throw new TypeError(`Client: protocol must be 1 or 2, not ${protocol}`);
+    this.#protocol = protocol;
     this.cache = new ObjectCache({ classes: options.classes, now: this.#now });
     this.cache.on("add", (obj, msg) => this.emit("add", obj, msg));
     this.cache.on("mod", (obj, msg) => this.emit("mod", obj, msg));
@@ -920,6 +1639,11 @@ export class Client extends Emitter {
 
   get hello() {
     return this.#hello;
+  }
+
+  /** The protocol version of the current session (1 or 2), null before its hello. */
+  get protocol() {
+    return this.#sessionProtocol;
   }
 
   get tick() {
@@ -1071,16 +1795,30 @@ export class Client extends Emitter {
 
   #open() {
     this.#state = "connecting";
+    this.#wire = 0;
+    // Version 1 offers no subprotocol at all: docs/protocol.md's servers know none,
+    // and the ws package fails a handshake whose offer the server ignored.
+    const protocols =
+      this.#protocol === 2 && this.#offerSubprotocols ? [PROTOCOL.SUBPROTOCOLS[2], PROTOCOL.SUBPROTOCOLS[1]] : null;
     /** @type {WebSocketLike} */
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url);
+      ws = protocols ? new this.#WebSocket(this.#url, protocols) : new this.#WebSocket(this.#url);
     } catch (err) {
       this.emit("error", new SynkError(CLIENT_ERROR_CODES.SOCKET, `cannot open ${this.#url}: ${err}`, { cause: err }));
       this.#dropped(1006, String(err));
       return;
     }
     this.#ws = ws;
+    // Binary frames as ArrayBuffer, read at once: a browser's default is Blob, which
+    // reads asynchronously (frames would be applied out of order), the ws package's Buffer.
+    try {
+      ws.binaryType = "arraybuffer";
+    } catch {
+      // A WebSocket without binaryType (a test double): its frames are read as they come.
+    }
+    /** Set when the handshake failed only for the offered subprotocols. */
+    let retryWithout = false;
     // Handlers check `this.#ws === ws` so a late event of a replaced socket is ignored.
     ws.onopen = () => {
       if (this.#ws !== ws) return;
@@ -1090,12 +1828,25 @@ export class Client extends Emitter {
     ws.onmessage = (/** @type {{data: unknown}} */ ev) => {
       if (this.#ws === ws) this.#receive(ev.data);
     };
-    ws.onerror = () => {
-      if (this.#ws === ws) this.emit("error", new SynkError(CLIENT_ERROR_CODES.SOCKET, "WebSocket error"));
+    ws.onerror = (/** @type {{message?: unknown}} */ ev) => {
+      if (this.#ws !== ws) return;
+      // A server that knows no subprotocols selects none, which is version 1 (docs/
+      // protocol-v2.md); browsers take that, but the ws package fails the handshake
+      // ("Server sent no subprotocol"). Then this client asks again offering none.
+      if (protocols && this.#state === "connecting" && /no subprotocol/i.test(String(ev?.message ?? ""))) {
+        retryWithout = true;
+        return;
+      }
+      this.emit("error", new SynkError(CLIENT_ERROR_CODES.SOCKET, "WebSocket error"));
     };
     ws.onclose = (/** @type {{code?: number, reason?: string}} */ ev) => {
       if (this.#ws !== ws) return;
       this.#ws = null;
+      if (retryWithout) {
+        this.#offerSubprotocols = false;
+        this.#open();
+        return;
+      }
       this.#dropped(ev?.code ?? 1006, ev?.reason ?? "");
     };
   }
@@ -1135,24 +1886,47 @@ export class Client extends Emitter {
     this.#settling = false;
     this.#sentView = null;
     this.#hello = null;
+    this.#sessionProtocol = null;
   }
 
-  /** @param {unknown} data */
+  /**
+   * A frame from the socket. The first one, the hello, fixes the connection's
+   * version: text frames are version 1 (JSON), binary frames version 2.
+   * @param {unknown} data
+   */
   #receive(data) {
-    if (typeof data !== "string") {
-      this.emit("error", new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, "binary frame (the protocol is JSON text)"));
+    if (typeof data === "string") {
+      if (this.#wire === 2) {
+        this.emit("error", new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, "text frame on a version 2 connection"));
+        return;
+      }
+      /** @type {unknown} */
+      let msg;
+      try {
+        msg = JSON.parse(data);
+      } catch (err) {
+        this.emit("error", new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, `frame is not JSON: ${data.slice(0, 80)}`, { cause: err }));
+        return;
+      }
+      this.#guarded(() => this.#handle(msg, 1));
       return;
     }
-    /** @type {unknown} */
-    let msg;
-    try {
-      msg = JSON.parse(data);
-    } catch (err) {
-      this.emit("error", new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, `frame is not JSON: ${data.slice(0, 80)}`, { cause: err }));
+    const bytes = bytesOf(data);
+    if (!bytes || this.#wire === 1 || this.#protocol === 1) {
+      const why = bytes ? "the protocol is JSON text" : "not an ArrayBuffer: is binaryType settable?";
+      this.emit("error", new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, `binary frame (${why})`));
       return;
     }
+    this.#guarded(() => this.#receiveBinary(bytes));
+  }
+
+  /**
+   * Runs `fn`, reporting what it throws as an error event.
+   * @param {() => void} fn
+   */
+  #guarded(fn) {
     try {
-      this.#handle(msg);
+      fn();
     } catch (err) {
       const error =
         err instanceof SynkError ? err : new SynkError(CLIENT_ERROR_CODES.BAD_FRAME, `cannot handle frame: ${err}`, { cause: err });
@@ -1160,24 +1934,52 @@ export class Client extends Emitter {
     }
   }
 
-  /** @param {unknown} msg */
-  #handle(msg) {
+  /** @param {Uint8Array} bytes a version 2 frame */
+  #receiveBinary(bytes) {
+    need(bytes.length > 0, "empty frame");
+    if (bytes[0] === V2_MESSAGE) {
+      this.#handle(decodeMessage(bytes), 2);
+      return;
+    }
+    need(this.#wire === 2, "a version 2 tick or resync before the hello");
+    const msg = this.cache.applyBinary(bytes);
+    if (msg.m === "tick") this.#ticked(msg);
+    else if (msg.m === "resync") this.#resynced(msg);
+  }
+
+  /** @param {TickMsg} msg applied */
+  #ticked(msg) {
+    this.#tick = msg.n;
+    this.emit("tick", msg);
+    this.#checkSettled();
+  }
+
+  /** @param {ResyncMsg} msg applied */
+  #resynced(msg) {
+    this.#tick = msg.n;
+    this.#finishSettling(); // the resync left nothing stale
+    this.emit("resync", msg);
+  }
+
+  /**
+   * @param {unknown} msg
+   * @param {ProtocolVersion} version of the frame it came in
+   */
+  #handle(msg, version) {
     need(isObj(msg), "not an object");
     switch (msg.m) {
       case "hello":
-        this.#onHello(msg);
+        this.#onHello(msg, version);
         break;
       case "tick":
+        if (version !== 1) break; // version 2 ticks are binary frames of their own
         this.cache.applyTick(/** @type {TickMsg} */ (msg));
-        this.#tick = msg.n;
-        this.emit("tick", /** @type {TickMsg} */ (msg));
-        this.#checkSettled();
+        this.#ticked(/** @type {TickMsg} */ (msg));
         break;
       case "resync":
+        if (version !== 1) break;
         this.cache.applyResync(/** @type {ResyncMsg} */ (msg));
-        this.#tick = msg.n;
-        this.#finishSettling(); // the resync left nothing stale
-        this.emit("resync", /** @type {ResyncMsg} */ (msg));
+        this.#resynced(/** @type {ResyncMsg} */ (msg));
         break;
       case "reply":
         need(isNum(msg.id), "reply without id");
@@ -1206,12 +2008,19 @@ export class Client extends Emitter {
     }
   }
 
-  /** @param {Record<string, any>} msg */
-  #onHello(msg) {
-    if (msg.proto !== PROTOCOL_VERSION) {
+  /**
+   * @param {Record<string, any>} msg
+   * @param {ProtocolVersion} version of the frame it came in
+   */
+  #onHello(msg, version) {
+    // A JSON hello must say 1 and a binary one 2; a client asked for version 1
+    // offered no subprotocol, so a binary hello is a server that ignored that.
+    if (msg.proto !== version || version > this.#protocol) {
+      const speaks = this.#protocol === 2 ? "1 or 2" : "1";
+      const how = version === 1 ? "in JSON text frames" : "in binary frames";
       this.emit(
         "error",
-        new SynkError(CLIENT_ERROR_CODES.PROTO_MISMATCH, `server speaks protocol ${msg.proto}, this client ${PROTOCOL_VERSION}`),
+        new SynkError(CLIENT_ERROR_CODES.PROTO_MISMATCH, `server speaks protocol ${msg.proto} ${how}, this client ${speaks}`),
       );
       this.close();
       return;
@@ -1219,6 +2028,8 @@ export class Client extends Emitter {
     const hello = /** @type {HelloMsg} */ (msg);
     this.cache.applyHello(hello);
     this.#endSession();
+    this.#wire = version;
+    this.#sessionProtocol = version;
     this.#hello = hello;
     this.#tick = hello.tick;
     this.#attempt = 0;

@@ -29,7 +29,8 @@ import pytest
 from synkworld import GridMap, Limits, Server, SynkObject, World
 from synkworld._protocol import encode_pong
 from synkworld._sessions import Session
-from synkworld.testing import ReferenceClient, start_process_async, world_truth
+from synkworld._wire_v2 import encode_message
+from synkworld.testing import ReferenceClient, ReferenceClientV2, start_process_async, world_truth
 from tests.web.support import WEB
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,9 +116,16 @@ class NodeClient:
 
 @contextlib.asynccontextmanager
 async def node_client(
-    node: str, url: str, tmp: Path, *, types: str = TRACKED_TYPES, name: str = "node"
+    node: str,
+    url: str,
+    tmp: Path,
+    *,
+    types: str = TRACKED_TYPES,
+    name: str = "node",
+    version: int = 1,
 ) -> AsyncIterator[NodeClient]:
-    """The library in Node, connected to `url`, with hooks logged for `types`."""
+    """The library in Node, connected to `url` in protocol `version`, with hooks logged
+    for `types`."""
     stderr = tmp / f"{name}-stderr.txt"
     with stderr.open("wb") as err:
         proc = await start_process_async(
@@ -125,6 +133,7 @@ async def node_client(
             str(SCRIPT),
             url,
             types,
+            str(version),
             cwd=WEB,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -143,11 +152,14 @@ async def node_client(
 
 
 class PyClient:
-    """An aiohttp WebSocket whose frames feed a strict ReferenceClient."""
+    """An aiohttp WebSocket whose frames feed a strict reference client of its version."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, version: int = 1) -> None:
         self.ws = ws
-        self.ref = ReferenceClient()
+        self.version = version
+        self.ref: ReferenceClient | ReferenceClientV2 = (
+            ReferenceClientV2() if version == 2 else ReferenceClient()
+        )
         self.hello: dict[str, Any] = {}
         self._pings = 0
 
@@ -156,7 +168,8 @@ class PyClient:
 
     async def recv(self) -> dict[str, Any]:
         msg = await self.ws.receive(timeout=10)
-        if msg.type is not aiohttp.WSMsgType.TEXT:
+        expected = aiohttp.WSMsgType.BINARY if self.version == 2 else aiohttp.WSMsgType.TEXT
+        if msg.type is not expected:
             raise ConnectionError(f"got {msg.type!r} ({msg.data!r})")
         return self.ref.apply_frame(msg.data)
 
@@ -360,7 +373,11 @@ class Run:
         await is dropped, the session goes lagging and later gets one `resync`.
         """
         for session in (self.node_session, self.py_session):
-            session.push_control(encode_pong(-1, self.world.tick))
+            if session.wire_version == 2:
+                pong = encode_message({"m": "pong", "t": -1, "n": self.world.tick})
+            else:
+                pong = encode_pong(-1, self.world.tick)
+            session.push_control(pong)
 
     # -- the comparison -------------------------------------------------------------------
 
@@ -433,8 +450,9 @@ class Run:
         assert dump["closes"] == [], where
 
 
+@pytest.mark.parametrize("version", [1, 2])
 async def test_library_and_reference_client_agree_on_a_randomized_run(
-    node: str, tmp_path: Path
+    node: str, tmp_path: Path, version: int
 ) -> None:
     rng = random.Random(SEED)
     limits = Limits(
@@ -447,10 +465,10 @@ async def test_library_and_reference_client_agree_on_a_randomized_run(
     async with (
         server.running("127.0.0.1", 0) as url,
         aiohttp.ClientSession() as http,
-        node_client(node, url, tmp_path) as nc,
-        http.ws_connect(url + "/ws") as ws,
+        node_client(node, url, tmp_path, version=version) as nc,
+        http.ws_connect(url + "/ws", protocols=("synkworld.v2",) if version == 2 else ()) as ws,
     ):
-        py = PyClient(ws)
+        py = PyClient(ws, version)
         py.hello = await py.recv()
         assert nc.hello["maps"] == py.hello["maps"]
         run = Run(server, nc, py, rng)

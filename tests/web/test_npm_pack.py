@@ -1,5 +1,8 @@
 """The npm package `synkworld-client` holds the client, its types, its README and the license.
 
+Its one dependency, @msgpack/msgpack, is pinned (the server serves that same
+copy to pages without a bundler: synkworld/_client_files.py).
+
 web/ keeps no copy of the repository's LICENSE: npm leaves symlinks out of a
 package, so `prepack` copies ../LICENSE into web/ and `postpack` removes it.
 """
@@ -53,6 +56,16 @@ def test_the_package_holds_exactly_its_files(npm: str) -> None:
     assert report["name"] == "synkworld-client"
     assert {f["path"] for f in report["files"]} == PACKED
     assert not (WEB / "LICENSE").exists(), "postpack left the copy of LICENSE in web/"
+
+
+def test_the_one_dependency_is_msgpack_pinned_and_locked() -> None:
+    """The client imports @msgpack/msgpack (protocol v2); the server serves the same version."""
+    manifest = json.loads((WEB / "package.json").read_text())
+    assert manifest["dependencies"] == {"@msgpack/msgpack": "3.1.3"}
+    lock = json.loads((WEB / "package-lock.json").read_text())
+    assert lock["packages"][""]["dependencies"] == manifest["dependencies"]
+    assert lock["packages"]["node_modules/@msgpack/msgpack"]["version"] == "3.1.3"
+    assert not lock["packages"]["node_modules/@msgpack/msgpack"].get("dev", False)
 
 
 def test_the_packed_license_is_the_repository_mit_license(npm: str, tmp_path: Path) -> None:

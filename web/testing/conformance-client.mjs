@@ -2,7 +2,10 @@
 // The library's Client against a real synkworld server, driven over stdin/stdout
 // by the cross-language conformance test (tests/web/test_conformance.py).
 //
-//   node web/testing/conformance-client.mjs <server base url> [type,type,...]
+//   node web/testing/conformance-client.mjs <server base url> [type,type,...] [protocol]
+//
+// `protocol` is the version the library asks for: 1 (the default here, JSON
+// frames) or 2 (binary frames, docs/protocol-v2.md).
 //
 // It prints one JSON line {"event":"hello",...} once the session starts, then
 // reads one JSON command per line and answers each with exactly one JSON line:
@@ -19,15 +22,17 @@
 // Objects of the types named on the command line get a class whose hooks are
 // logged next to the cache's events, to check that the two agree.
 import readline from "node:readline";
+import { decode } from "@msgpack/msgpack";
 import WebSocket from "ws";
 
 import { Client, SynkObject } from "../synkworld.js";
 
-const [url, typeList = ""] = process.argv.slice(2);
-if (!url) {
-  process.stderr.write("usage: conformance-client.mjs <server base url> [type,type,...]\n");
+const [url, typeList = "", protocolArg = "1"] = process.argv.slice(2);
+if (!url || (protocolArg !== "1" && protocolArg !== "2")) {
+  process.stderr.write("usage: conformance-client.mjs <server base url> [type,type,...] [1|2]\n");
   process.exit(2);
 }
+const protocol = protocolArg === "2" ? 2 : 1;
 
 /** @param {unknown} obj */
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
@@ -67,16 +72,28 @@ let lastPingT = null;
 /** @type {Map<number, () => void>} */
 const pongWaiters = new Map();
 
+/**
+ * A server frame as a message, if it is one: JSON text (version 1), or a
+ * version 2 message frame (03, then MessagePack); null for version 2 ticks.
+ * @param {unknown} data
+ * @returns {any}
+ */
+function messageOf(data) {
+  if (typeof data === "string") return JSON.parse(data);
+  const bytes = new Uint8Array(/** @type {ArrayBuffer} */ (data));
+  return bytes[0] === 3 ? decode(bytes.subarray(1)) : null;
+}
+
 /** The `ws` WebSocket, tapped: records what the library sends, sees pongs first. */
 class TappedWebSocket extends WebSocket {
-  /** @param {string} address */
-  constructor(address) {
-    super(address);
+  /** @param {string} address @param {string[]} [protocols] */
+  constructor(address, protocols) {
+    super(address, protocols);
     // Registered before the library sets onmessage, so this runs first for each frame;
     // every frame before a pong has been applied by the time the pong is seen.
     this.addEventListener("message", (ev) => {
-      const msg = JSON.parse(String(ev.data));
-      if (msg.m !== "pong") return;
+      const msg = messageOf(ev.data);
+      if (msg?.m !== "pong") return;
       const done = pongWaiters.get(msg.t);
       if (done) {
         pongWaiters.delete(msg.t);
@@ -99,6 +116,7 @@ class TappedWebSocket extends WebSocket {
 
 const types = typeList.split(",").filter(Boolean);
 const client = new Client(url, {
+  protocol,
   WebSocket: /** @type {any} */ (TappedWebSocket),
   classes: Object.fromEntries(types.map((t) => [t, Tracked])),
   reconnect: false,
@@ -212,7 +230,7 @@ async function run(cmd) {
   }
 }
 
-client.on("hello", (msg) => out({ event: "hello", sid: msg.sid, hello: msg }));
+client.on("hello", (msg) => out({ event: "hello", sid: msg.sid, hello: msg, protocol: client.protocol }));
 client.connect();
 
 const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });

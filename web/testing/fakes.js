@@ -11,9 +11,13 @@ export function fakeWebSocket() {
   const sockets = [];
 
   class FakeSocket {
-    /** @param {string} url */
-    constructor(url) {
+    /** @param {string} url @param {string[]} [protocols] */
+    constructor(url, protocols) {
       this.url = url;
+      /** The subprotocols offered, if any. */
+      this.protocols = protocols;
+      /** The browser's default; the client sets "arraybuffer". */
+      this.binaryType = "blob";
       this.readyState = 0;
       /** Parsed frames the client sent. @type {any[]} */
       this.sent = [];

@@ -31,7 +31,10 @@ class Ship extends SynkObject {
   }
 }
 
+// `?protocol=1` makes the page speak version 1; by default the client's (2).
+const asked = new URLSearchParams(location.search).get("protocol");
 const client = new Client(undefined, {
+  protocol: asked === "1" ? 1 : 2,
   classes: { "brw-ship": Ship },
   reconnectBaseMs: 100,
   reconnectMaxMs: 400,
