@@ -3,6 +3,7 @@
     python -m bench.gridworld                      # the default scenario, synkworld's frames
     python -m bench.gridworld --compare-naive      # ... then the naive baseline, and the ratios
     python -m bench.gridworld --entities 2000 --clients 100 --seconds 10
+    python -m bench.gridworld --proto 2            # the clients speak protocol v2 (binary)
     python -m bench.gridworld --sweep entities     # cost curves (also: clients, both)
 
 The server runs in its own process (pinned to one CPU); the clients are real
@@ -33,7 +34,7 @@ import aiohttp
 import orjson
 import psutil  # type: ignore[import-untyped]
 
-from bench.gridworld_cache import FrameBreakdown
+from bench.gridworld_cache import new_breakdown
 from bench.gridworld_scenario import Scenario, runqueue_wait_s
 from synkworld.testing import start_process_async
 
@@ -47,6 +48,8 @@ TICK_P99_LIMIT_MS = 40.0
 CPU_PER_TICK_LIMIT_MS = 20.0
 NAIVE_RATIO_LIMIT = 1 / 5
 BYTES_PER_CLIENT_LIMIT = 20 * 1024
+# Protocol v2's byte targets (KB = 1000 bytes), by (entities, clients).
+BYTES_PER_CLIENT_LIMIT_V2 = {(2_000, 100): 7_000, (10_000, 500): 25_000}
 LATENCY_EXTRA_MS = 10.0
 
 
@@ -301,7 +304,7 @@ async def _http(
 async def run_once(sc: Scenario, opts: Options) -> dict[str, Any]:
     """Runs one mode of the scenario end to end; returns its figures."""
     mode_name = "naive" if sc.mode == "per-client" else "synkworld"
-    label = f"[{opts.label}{mode_name} E={sc.entities} C={sc.clients}]"
+    label = f"[{opts.label}{mode_name} v{sc.proto} E={sc.entities} C={sc.clients}]"
     progress = Progress(opts.progress, label)
     server_cpu, lg_cpus = _cpus(opts)
     logs = opts.out / "logs"
@@ -463,7 +466,7 @@ def _figures(
         payload_s += [b / el for b in w["bytes"]]
         frames_s += [f / el for f in w["frames"]]
 
-    breakdown = FrameBreakdown()
+    breakdown = new_breakdown(sc.proto)
     for w in windows:
         breakdown.merge(w["breakdown"])
 
@@ -491,6 +494,7 @@ def _figures(
     decode_ms = 1000 * statistics.fmean(decodes) if decodes else 0.0
     breakdown_summary = breakdown.summary()
     return {
+        "proto": sc.proto,
         "scenario": sc.to_json(),
         "window_s": _r(window_s, 3),
         "wall_s": _r(wall_s, 1),
@@ -537,10 +541,13 @@ def _figures(
             "close_codes": sorted({c for w in windows for c in w["close_codes"]}),
             "bytes_per_client_s": {
                 "mean": _r(statistics.fmean(bytes_s) if bytes_s else 0.0, 1),
+                "median": _r(percentile(bytes_s, 50), 1),
                 "p99": _r(percentile(bytes_s, 99), 1),
             },
+            # The frames as the client reads them (decompressed): JSON in v1, binary in v2.
             "payload_bytes_per_client_s": {
                 "mean": _r(statistics.fmean(payload_s) if payload_s else 0.0, 1),
+                "median": _r(percentile(payload_s, 50), 1),
                 "p99": _r(percentile(payload_s, 99), 1),
             },
             # Per tick of the server: comparable between runs whose tick rates differ.
@@ -641,6 +648,19 @@ def _targets(sc: Scenario, run: dict[str, Any], naive: dict[str, Any] | None) ->
             "met": run["correctness"]["ok"],
         },
     }
+    if sc.proto == 2:
+        size = (sc.entities, sc.clients)
+        limit = BYTES_PER_CLIENT_LIMIT_V2.get(size)
+        mean = run["clients"]["bytes_per_client_s"]["mean"]
+        out["v2_bytes_per_client_s_mean"] = {
+            "value": mean,
+            "limit": ", ".join(
+                f"<= {v} (E={e}, C={c})" for (e, c), v in BYTES_PER_CLIENT_LIMIT_V2.items()
+            ),
+            "applies": limit is not None,
+            "met": mean
+            <= (limit if limit is not None else min(BYTES_PER_CLIENT_LIMIT_V2.values())),
+        }
     if naive is not None:
         ratio = s["cpu_ms_per_tick"] / max(naive["server"]["cpu_ms_per_tick_net"], 1e-9)
         out["cpu_vs_naive"] = {
@@ -703,6 +723,11 @@ def _ratios(run: dict[str, Any], naive: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+PROTO_CLUSTER_ERROR = (
+    "--proto 2 runs on one process: a cluster (--processes > 1) speaks protocol v1 only"
+)
+
+
 async def run_benchmark(
     sc: Scenario, opts: Options, *, compare_naive: bool = False, processes: int = 1
 ) -> dict[str, Any]:
@@ -714,11 +739,14 @@ async def run_benchmark(
     if processes > 1:
         if compare_naive:
             raise ValueError("--compare-naive runs on one process: leave out --processes")
+        if sc.proto != 1:
+            raise ValueError(PROTO_CLUSTER_ERROR)
         from bench.gridworld_cluster import run_cluster_once, scaling
 
         single = await run_once(dataclasses.replace(sc, mode="shared"), opts)
         cluster = await run_cluster_once(dataclasses.replace(sc, mode="shared"), opts, processes)
         return {
+            "proto": sc.proto,
             "scenario": sc.to_json(),
             "runs": {"synkworld": single, f"cluster{processes}": cluster},
             "targets": _targets(sc, single, None),
@@ -735,6 +763,7 @@ async def run_benchmark(
         if compare_naive:
             runs["naive"] = naive = await run_once(dataclasses.replace(sc, mode="per-client"), opts)
     result: dict[str, Any] = {
+        "proto": sc.proto,
         "scenario": sc.to_json(),
         "runs": runs,
         "targets": _targets(sc, main, naive),
@@ -834,6 +863,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="permessage-deflate: the server enables it and every client offers it",
     )
     g.add_argument(
+        "--proto",
+        type=int,
+        choices=(1, 2),
+        default=d.proto,
+        help="the protocol the clients speak: 1 (JSON text frames) or 2 (binary frames, "
+        "docs/protocol-v2.md; one process only)",
+    )
+    g.add_argument(
         "--no-direct-writes",
         action="store_true",
         help="every frame through aiohttp's writer instead of straight to idle sockets",
@@ -917,6 +954,7 @@ def _scenario(a: argparse.Namespace) -> Scenario:
         mode=a.mode,
         compression=a.compression,
         direct_writes=not a.no_direct_writes,
+        proto=a.proto,
     )
 
 
@@ -936,9 +974,17 @@ def _engine_version() -> dict[str, Any]:
     import subprocess
 
     def git(*args: str) -> str:
+        # Read-only: no index refresh (and no index.lock) while others use the checkout.
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
         try:
             out = subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=False
+                ["git", *args],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+                env=env,
             )
         except (OSError, subprocess.SubprocessError):
             return ""
@@ -962,8 +1008,10 @@ def _summary_line(result: dict[str, Any]) -> str:
     lines = []
     for name, run in result.get("runs", {}).items():
         s, c, lat = run["server"], run["clients"], run["latency_ms"]
+        b = c["bytes_per_client_s"]
         lines.append(
-            f"{name:>9}: cpu {s['cpu_ms_per_tick']:.2f} ms/tick"
+            f"{name:>9} v{run.get('proto', 1)}: cpu {s['cpu_ms_per_tick']:.2f} ms/tick"
+            f" (p50 {s['cpu_ms_per_tick_p50']:.2f})"
             + (
                 f" ({s['cpu_ms_per_tick_net']:.2f} without decoding)"
                 if s.get("harness_decode_ms_per_tick")
@@ -971,7 +1019,8 @@ def _summary_line(result: dict[str, Any]) -> str:
             )
             + f", {s['tick_rate_hz']:.2f} ticks/s, "
             f"tick p50 {s['tick_ms_p50']:.1f} / p99 {s['tick_ms_p99']:.1f} ms, "
-            f"{c['bytes_per_client_s']['mean'] / 1024:.1f} KiB/client/s, "
+            f"{b['mean'] / 1024:.1f} KiB/client/s ({b['mean'] / 1000:.1f} kB; "
+            f"median {b.get('median', 0) / 1000:.1f}, p99 {b['p99'] / 1000:.1f} kB), "
             f"latency p50 {lat['p50']:.1f} / p99 {lat['p99']:.1f} ms, "
             f"correct {run['correctness']['ok']}, "
             f"loadgen {run['loadgen']['cpu_percent_total']:.0f}% cpu"
@@ -999,6 +1048,9 @@ def _summary_line(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the load test from the command line; returns the exit status (0 when it ran)."""
     a = parse_args(argv)
+    if a.proto != 1 and a.processes > 1:
+        sys.stderr.write(f"python -m bench.gridworld: {PROTO_CLUSTER_ERROR}\n")
+        return 2
     if a.replot is not None:
         from bench.gridworld_plots import plot_result
 
@@ -1038,7 +1090,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         deflate = "-deflate" if sc.compression else ""
         writes = "" if sc.direct_writes else "-aiohttp-writes"
         procs = f"-P{a.processes}" if a.processes > 1 else ""
-        name = f"gridworld-E{sc.entities}-C{sc.clients}{deflate}{writes}{procs}.json"
+        proto = f"-v{sc.proto}" if sc.proto != 1 else ""
+        name = f"gridworld-E{sc.entities}-C{sc.clients}{proto}{deflate}{writes}{procs}.json"
     else:
         swept = dataclasses.replace(sc, seconds=a.sweep_seconds, warmup_s=a.sweep_warmup)
         result["scenario"] = swept.to_json()
@@ -1050,7 +1103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_sweep(swept, opts, axis=axis, points=points, compare_naive=a.compare_naive)
             )
         result["sweeps"] = sweeps
-        name = f"sweep-{a.sweep}.json"
+        name = f"sweep-{a.sweep}{'-v2' if sc.proto == 2 else ''}.json"
     result["machine"]["loadavg_at_end"] = [round(v, 2) for v in os.getloadavg()]
     data = orjson.dumps(result, option=orjson.OPT_INDENT_2)
     (opts.out / "latest.json").write_bytes(data)

@@ -4,9 +4,10 @@ Run by `bench.gridworld` as ``python -m bench.gridworld_loadgen --config '<json>
 It talks to the coordinator in JSON lines: commands on stdin, events on stdout.
 
 Most clients only count the bytes and frames they receive. The sampled clients
-decode every frame, apply it to a `synkworld.Mirror`, stamp each tick frame's
-arrival (for the change-to-client latency) and, now and then, take a frame
-apart to say where its bytes go. The process measures its own CPU time and the
+decode every frame, apply it to a `synkworld.Mirror` (a `MirrorV2` when the
+scenario's clients speak protocol v2), stamp each tick frame's arrival (for the
+change-to-client latency) and, now and then, take a frame apart to say where
+its bytes go. The process measures its own CPU time and the
 lag of its event loop, so that the coordinator can tell when the load
 generator, not the server, was the bottleneck.
 
@@ -38,10 +39,10 @@ import aiohttp
 import orjson
 
 from bench.gridworld_cache import (
-    FrameBreakdown,
     cache_digest,
     compare_with_truth,
     holding,
+    new_breakdown,
     sampled_client,
 )
 from bench.gridworld_scenario import Scenario, runqueue_wait_s
@@ -74,8 +75,9 @@ class Client(LoadClient):
         super().__init__(
             index,
             base_url + "/ws",
-            mirror=sampled_client() if sampled else None,
+            mirror=sampled_client(gen.sc.proto) if sampled else None,
             compress=gen.sc.compression,
+            proto=gen.sc.proto,
         )
         self.base_url = base_url
         self.gen = gen
@@ -108,7 +110,11 @@ class Client(LoadClient):
             self.arrivals_t.append(t)
             self.seen += 1
             if self.seen % gen.breakdown_every == 0:
-                gen.breakdown.add(data, msg)
+                try:
+                    gen.breakdown.add(data, msg)
+                except (ValueError, IndexError, KeyError, TypeError) as e:
+                    assert self.mirror is not None
+                    self.mirror._violation(f"a frame the breakdown cannot take apart: {e!r}")
 
 
 class LoadGenerator:
@@ -136,7 +142,7 @@ class LoadGenerator:
         self._started = asyncio.Event()
         self.final = False
         self.measuring = False
-        self.breakdown = FrameBreakdown()
+        self.breakdown = new_breakdown(sc.proto)
         self.lags: list[float] = []
         self._mark_cpu = 0.0
         self._mark_wait = 0.0
@@ -265,7 +271,7 @@ class LoadGenerator:
             c.arrivals_n.clear()
             c.arrivals_t.clear()
         self.lags.clear()
-        self.breakdown = FrameBreakdown()
+        self.breakdown = new_breakdown(self.sc.proto)
         t = os.times()
         self._mark_cpu = t.user + t.system
         self._mark_wait = runqueue_wait_s()

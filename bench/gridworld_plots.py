@@ -14,20 +14,48 @@ import matplotlib.pyplot as plt
 __all__ = ["plot_result"]
 
 _COLORS = {"synkworld": "tab:blue", "naive": "tab:red"}
-_PARTS = [
-    ("envelope", "frame envelope"),
-    ("per_cell_overhead", "per-cell overhead"),
-    ("mv_ids", "mv ids"),
-    ("mv_numbers", "mv numbers"),
-    ("mod_add_rem_entries", "add/mod/rem entries"),
-    ("sub_and_snapshots", "sub + snapshots"),
-]
+# The parts of a frame_breakdown, by protocol (bench/gridworld_cache.py).
+_PARTS = {
+    1: [
+        ("envelope", "frame envelope"),
+        ("per_cell_overhead", "per-cell overhead"),
+        ("mv_ids", "mv ids"),
+        ("mv_numbers", "mv numbers"),
+        ("mod_add_rem_entries", "add/mod/rem entries"),
+        ("sub_and_snapshots", "sub + snapshots"),
+    ],
+    2: [
+        ("header", "frame header"),
+        ("per_cell_overhead", "per-cell overhead (key, parts, counts)"),
+        ("motion_entries", "motion entries"),
+        ("msgpack_entries", "msgpack adds/mods"),
+        ("leaves_and_rems", "leaves + rems"),
+        ("sub_and_snapshots", "sub + snapshots"),
+    ],
+}
+
+
+# bench.gridworld.BYTES_PER_CLIENT_LIMIT_V2 (not imported: the plots need nothing else).
+_V2_BYTES_LIMIT = {(2_000, 100): 7_000, (10_000, 500): 25_000}
+
+
+def _proto(sc: dict[str, Any]) -> int:
+    return int(sc.get("proto", 1))  # results from before protocol v2 have none
 
 
 def _title(sc: dict[str, Any]) -> str:
     return (
-        f"grid-world E={sc['entities']} C={sc['clients']} "
+        f"grid-world E={sc['entities']} C={sc['clients']} protocol v{_proto(sc)} "
         f"{sc['tick_rate_hz']:g} Hz, {sc['seconds']:g} s measured"
+    )
+
+
+def _tag(sc: dict[str, Any]) -> str:
+    """The plots' file names: the size, then the protocol (v2 only) and deflate."""
+    return (
+        f"E{sc['entities']}-C{sc['clients']}"
+        + (f"-v{_proto(sc)}" if _proto(sc) != 1 else "")
+        + ("-deflate" if sc.get("compression") else "")
     )
 
 
@@ -72,7 +100,7 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
     runs: dict[str, Any] = result["runs"]
     sc = result["scenario"]
     title = _title(sc)
-    tag = f"E{sc['entities']}-C{sc['clients']}{'-deflate' if sc.get('compression') else ''}"
+    tag = _tag(sc)
     paths = []
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -112,6 +140,15 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
         kib = [v / 1024 for v in run["series"]["bytes_per_client_s"]]
         ax.hist(kib, bins=40, alpha=0.6, color=_COLORS.get(name), label=name)
     ax.axvline(20, ls="--", color="gray", lw=1, label="20 KiB/s (target at E=2000, C=100)")
+    v2_limit = _V2_BYTES_LIMIT.get((sc["entities"], sc["clients"]))
+    if _proto(sc) == 2 and v2_limit is not None:
+        ax.axvline(
+            v2_limit / 1024,
+            ls=":",
+            color="black",
+            lw=1,
+            label=f"{v2_limit / 1000:g} kB/s (protocol v2's target at this size)",
+        )
     ax.set_xlabel("KiB received per client per second")
     ax.set_ylabel("clients")
     ax.set_title(title)
@@ -123,12 +160,12 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
     for row, name in enumerate(names):
         per_frame = runs[name]["frame_breakdown"]["bytes_per_frame"]
         left = 0.0
-        for i, (key, label) in enumerate(_PARTS):
+        for i, (key, label) in enumerate(_PARTS[_proto(sc)]):
             v = per_frame.get(key, 0.0)
             ax.barh(row, v, left=left, color=f"C{i}", label=label if row == 0 else None)
             left += v
     ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("bytes per tick frame (sampled clients)")
+    ax.set_xlabel(f"bytes per protocol v{_proto(sc)} tick frame (sampled clients)")
     ax.set_title("where a frame's bytes go: " + title)
     ax.legend(fontsize=7, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.3))
     paths.append(_save(fig, out / f"{tag}_breakdown.png"))
@@ -149,6 +186,7 @@ def _plot_runs(result: dict[str, Any], out: Path) -> list[Path]:
                 ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
             ax.set_title(label, fontsize=9)
         fig.suptitle("synkworld vs the naive per-client baseline: " + title, fontsize=9)
+        axes[2].set_xlabel(f"protocol v{_proto(sc)}", fontsize=8)
         paths.append(_save(fig, out / f"{tag}_compare.png"))
     return paths
 
@@ -219,10 +257,12 @@ def _plot_sweep(sc: dict[str, Any], axis: str, points: list[dict[str, Any]], out
     fixed = "C" if axis == "entities" else "E"
     fixed_v = sc["clients"] if axis == "entities" else sc["entities"]
     fig.suptitle(
-        f"grid-world cost over {axis} ({fixed}={fixed_v}, {sc['seconds']:g} s per point)",
+        f"grid-world cost over {axis} ({fixed}={fixed_v}, protocol v{_proto(sc)}, "
+        f"{sc['seconds']:g} s per point)",
         fontsize=10,
     )
-    return _save(fig, out / f"sweep_{axis}.png")
+    suffix = f"-v{_proto(sc)}" if _proto(sc) != 1 else ""
+    return _save(fig, out / f"sweep_{axis}{suffix}.png")
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -59,6 +59,7 @@ class Scenario:
     mode: str = "shared"  # or "per-client": the naive baseline
     compression: bool = False  # permessage-deflate, offered by the clients, enabled by the server
     direct_writes: bool = True  # False: every frame through aiohttp's writer (to compare)
+    proto: int = 1  # the protocol the clients speak: 1 (JSON), 2 (binary, docs/protocol-v2.md)
 
     @property
     def motion_ticks(self) -> int:

@@ -6,7 +6,12 @@ clients' `view`s that land in the tick, `World.commit` (the batches) and
 test adds on top is the sockets: the writes, and reading the clients' messages.
 
     .venv/bin/python -m bench.micro_tick [--entities 10000] [--clients 500] [--ticks 100]
+    .venv/bin/python -m bench.micro_tick --proto 2      # every session speaks protocol v2
     .venv/bin/python -m bench.micro_tick --profile      # cProfile of views, commit, frames
+
+With `--proto 2` the world records only v2 batches (as the tick loop has it
+when every session is a v2 one) and the frames part includes
+`V2Batches.prepare`, the encoding of the batches the sessions hold.
 """
 
 from __future__ import annotations
@@ -24,6 +29,23 @@ import orjson
 from bench.gridworld_scenario import Motion, PanPath, Scenario, pan_path, pan_rect, view_phase
 from bench.gridworld_server import create_entities
 from synkworld import GridMap, Limits, Session, World, deliver_frames
+from synkworld._frames import FrameEncoder, SharedFramesV2
+from synkworld._world import TickChanges
+
+
+class _SnapshotsV2:
+    """A world's v2 snapshots as a snapshot source."""
+
+    def __init__(self, world: World) -> None:
+        self.snapshot = world.snapshot_v2
+
+
+def _encoder(world: World, changes: TickChanges, sessions: list[Session]) -> FrameEncoder:
+    """What the tick loop builds a tick's frames with when every session speaks v2."""
+    v2 = changes.batches_v2
+    assert v2 is not None
+    v2.prepare(set().union(*(s.held for s in sessions)))
+    return SharedFramesV2(v2.data, _SnapshotsV2(world), world.key_codes)
 
 
 def main() -> None:
@@ -31,12 +53,17 @@ def main() -> None:
     p.add_argument("--entities", type=int, default=Scenario().entities)
     p.add_argument("--clients", type=int, default=Scenario().clients)
     p.add_argument("--ticks", type=int, default=100)
+    p.add_argument("--proto", type=int, choices=(1, 2), default=1, help="the sessions' protocol")
     p.add_argument("--profile", action="store_true", help="print cProfile's top functions too")
     a = p.parse_args()
 
     sc = Scenario(entities=a.entities, clients=a.clients)
     gmap = GridMap(cell_size=sc.cell_size, bounds=(0, 0, sc.map_size, sc.map_size))
     world = World(gmap, initial_capacity=sc.entities)
+    v2 = a.proto == 2
+    if v2:
+        world.record_v2 = True
+        world.encode_v1 = False
     m = Motion(sc)
     entities = create_entities(world, m)
     slots = world.slots(entities)
@@ -47,13 +74,22 @@ def main() -> None:
             f"s{i}",
             world.grid,
             limits=Limits(send_queue_max_frames=10**9, send_queue_max_bytes=10**12),
+            wire_version=a.proto,
         )
         for i in range(sc.clients)
     ]
     for path, s in zip(paths, sessions, strict=True):
         s.view("main", _rect(sc, path, 0.0), sc.margin)
-    world.commit()
-    deliver_frames(world.tick, {}, sessions, world, now=0.0, lag_timeout_s=1e9)
+    first = world.commit()
+    deliver_frames(
+        world.tick,
+        {},
+        sessions,
+        world,
+        now=0.0,
+        lag_timeout_s=1e9,
+        encoder=_encoder(world, first, sessions) if v2 else None,
+    )
     _drain(sessions)
     # What the server does after start-up: the world is not rescanned by the GC.
     gc.collect()
@@ -87,7 +123,13 @@ def main() -> None:
         changes = world.commit()
         t3 = time.perf_counter()
         report = deliver_frames(
-            changes.tick, changes.batches, sessions, world, now=now, lag_timeout_s=1e9
+            changes.tick,
+            changes.batches,
+            sessions,
+            world,
+            now=now,
+            lag_timeout_s=1e9,
+            encoder=_encoder(world, changes, sessions) if v2 else None,
         )
         t4 = time.perf_counter()
         if prof is not None:
@@ -100,6 +142,7 @@ def main() -> None:
 
     p50 = {k: round(statistics.median(v), 2) for k, v in parts.items()}
     result = {
+        "proto": a.proto,
         "entities": sc.entities,
         "clients": sc.clients,
         "ticks": a.ticks,

@@ -323,7 +323,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("demo", help="run the demo map (synkworld demo --help lists its flags)")
     commands.add_parser(
         "loadtest",
-        help="drive any protocol-v1 server with panning clients: synkworld loadtest ws://HOST:PORT/ws",
+        help="drive any synkworld server with panning clients: synkworld loadtest ws://HOST:PORT/ws",
     )
     commands.add_parser(
         "bench", help="run the grid-world benchmark (from a checkout): see bench/README.md"

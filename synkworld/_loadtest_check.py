@@ -8,7 +8,8 @@ the server's tick: when the two pongs carry the same tick, both clients have
 applied everything up to that tick, and what they hold must be equal, key for
 key and object for object (type, version, state, key). Any server that
 speaks protocol v1 can be checked this way, without a route of its own
-telling the truth.
+telling the truth; a protocol v2 client is checked against a fresh v2
+checker (`StrictMirrorV2`) in the same way.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from synkworld._loadtest_client import ConnectFailedError, LoadClient, Pong, StrictMirror
+from synkworld._loadtest_client import ConnectFailedError, LoadClient, Pong, strict_mirror
 
 __all__ = ["check_client", "differences"]
 
@@ -103,8 +104,10 @@ async def check_client(
         result["reason"] = f"closed during the run (close code {client.close_code})"
         return result
     deadline = time.monotonic() + timeout_s
-    checker_mirror = StrictMirror()
-    checker = LoadClient(-1 - client.index, url, mirror=checker_mirror, compress=compress)
+    checker_mirror = strict_mirror(client.proto)
+    checker = LoadClient(
+        -1 - client.index, url, mirror=checker_mirror, compress=compress, proto=client.proto
+    )
     try:
         await checker.connect(session, timeout_s=timeout_s)
     except ConnectFailedError as e:

@@ -1,12 +1,16 @@
 """One load-test WebSocket client: it connects, reads `hello`, sends `view`s and pings, counts.
 
+A client speaks protocol v1 (JSON text frames, docs/protocol.md) or, with
+``proto=2``, protocol v2 (binary frames, docs/protocol-v2.md): it offers the
+subprotocol ``synkworld.v2`` and refuses a server that does not select it.
 Most clients only count what they receive: a tick frame is recognised by its
-first bytes and never decoded (decoding every frame of hundreds of clients
-would make the load generator, not the server, the bottleneck); anything else
-(pongs, errors, resyncs) is decoded. A sampled client decodes every frame and
-applies it to a `StrictMirror`, which counts every frame a correct server
-never sends. Used by `synkworld loadtest` and by the grid-world benchmark's
-load generator (bench/gridworld_loadgen.py).
+first bytes (``{"m":"tick"`` in v1, the byte 01 in v2) and never decoded
+(decoding every frame of hundreds of clients would make the load generator,
+not the server, the bottleneck); anything else (pongs, errors, resyncs) is
+decoded. A sampled client decodes every frame and applies it to a
+`StrictMirror` (`StrictMirrorV2` for v2), which counts every frame a correct
+server never sends. Used by `synkworld loadtest` and by the grid-world
+benchmark's load generator (bench/gridworld_loadgen.py).
 """
 
 from __future__ import annotations
@@ -20,19 +24,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import msgpack
 import orjson
 
+from synkworld._errors import ProtocolViolationError
 from synkworld._mirror import Mirror
+from synkworld._mirror_v2 import MirrorV2
+from synkworld._wire_v2 import FRAME_MESSAGE, FRAME_RESYNC, FRAME_TICK, SUBPROTOCOL_V2
 
 __all__ = [
+    "PROTOCOLS",
     "ConnectFailedError",
     "LoadClient",
     "Pong",
     "StrictMirror",
+    "StrictMirrorV2",
     "WireCounter",
     "describe_failure",
     "mirror_state",
+    "strict_mirror",
+    "tick_number",
 ]
+
+PROTOCOLS = (1, 2)  # the protocol versions a load-test client speaks
 
 _TEXT = aiohttp.WSMsgType.TEXT
 _BINARY = aiohttp.WSMsgType.BINARY
@@ -47,10 +61,21 @@ _DONE = (
 # decode per frame: anything without this prefix is decoded and looked at.
 _TICK_PREFIX = b'{"m":"tick"'
 _EXAMPLES = 5
+# What a malformed frame can raise from the appliers (msgpack's errors are ValueErrors).
+_MALFORMED = (
+    KeyError,
+    TypeError,
+    ValueError,
+    IndexError,
+    AttributeError,
+    ProtocolViolationError,
+    msgpack.UnpackException,
+)
 
 
 class ConnectFailedError(ConnectionError):
-    """A client could not connect, or the server's first frame was not a protocol-v1 `hello`."""
+    """A client could not connect, or the server's first frame was not a `hello` of the
+    protocol the client speaks (or, for v2, the server did not select ``synkworld.v2``)."""
 
 
 def describe_failure(e: BaseException, timeout_s: float | None = None) -> str:
@@ -138,6 +163,41 @@ class StrictMirror(Mirror):
         super()._apply_tick(msg)
 
 
+class StrictMirrorV2(MirrorV2):
+    """`StrictMirror` for protocol v2: a lenient `MirrorV2` that also counts a mod whose
+    version is not above the one held."""
+
+    def __init__(self) -> None:
+        super().__init__(strict=False, keep_teardowns=False)
+
+    def _mod(
+        self, key: str, table: dict[int, Any], slot: int, v: int, diff: Mapping[int, Any]
+    ) -> None:
+        o = table.get(slot)
+        if o is not None and o.k == key and isinstance(v, int) and v <= o.v:
+            self._violation(
+                f"version regression: mod v{v} of {o.id!r} in {key!r} (slot {slot}), held at v{o.v}"
+            )
+        super()._mod(key, table, slot, v, diff)
+
+
+def strict_mirror(proto: int = 1) -> Mirror:
+    """A new `StrictMirror` for protocol `proto` (1 or 2)."""
+    return StrictMirrorV2() if proto == 2 else StrictMirror()
+
+
+def tick_number(frame: bytes) -> int:
+    """The tick of a protocol v2 tick or resync frame (the varint after its first byte);
+    -1 when the frame ends before it does (the mirror then counts the violation)."""
+    n = shift = 0
+    for b in frame[1:11]:
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n
+        shift += 7
+    return -1
+
+
 def mirror_state(mirror: Mirror) -> bytes:
     """What a mirror holds (its keys and every object's type, version, state and key), as
     canonical JSON: equal holdings give equal bytes."""
@@ -171,6 +231,7 @@ class LoadClient:
         "hello",
         "index",
         "mirror",
+        "proto",
         "resyncs",
         "rtts",
         "sid",
@@ -181,17 +242,26 @@ class LoadClient:
     )
 
     def __init__(
-        self, index: int, url: str, *, mirror: Mirror | None = None, compress: bool = False
+        self,
+        index: int,
+        url: str,
+        *,
+        mirror: Mirror | None = None,
+        compress: bool = False,
+        proto: int = 1,
     ) -> None:
+        if proto not in PROTOCOLS:
+            raise ValueError(f"protocol {proto!r}: a load-test client speaks 1 or 2")
         self.index = index
         self.url = url
         self.mirror = mirror
         self.compress = compress
+        self.proto = proto
         self.ws: aiohttp.ClientWebSocketResponse[bool] | None = None
         self.wire: WireCounter | None = None
         self.hello: dict[str, Any] = {}
         self.sid = ""
-        self.frames = 0  # every text frame, pongs and errors too
+        self.frames = 0  # every frame of the protocol (text in v1, binary in v2), pongs too
         self.ticks = 0  # tick frames only
         self.bytes = 0
         self.resyncs = 0
@@ -225,6 +295,7 @@ class LoadClient:
                     max_msg_size=0,
                     heartbeat=None,
                     compress=15 if self.compress else 0,
+                    protocols=(SUBPROTOCOL_V2,) if self.proto == 2 else (),
                 ),
                 timeout_s,
             )
@@ -237,7 +308,7 @@ class LoadClient:
             self.wire = WireCounter.install(conn.transport)
         try:
             msg = await ws.receive(timeout=timeout_s)
-            hello = self._hello(msg)
+            hello = self._hello(msg) if self.proto == 1 else self._hello_v2(msg, ws.protocol)
         except (ConnectFailedError, TimeoutError, aiohttp.ClientError, OSError) as e:
             await self.close()
             self.ws = None
@@ -245,7 +316,10 @@ class LoadClient:
         self.hello = hello
         self.sid = str(hello.get("sid", ""))
         if self.mirror is not None:
-            self.mirror.apply(hello)
+            if self.proto == 2:
+                self.mirror.apply_frame(msg.data)
+            else:
+                self.mirror.apply(hello)
         return hello
 
     @staticmethod
@@ -262,6 +336,38 @@ class LoadClient:
             raise ConnectFailedError(f"the server speaks protocol {hello.get('proto')!r}, not 1")
         if not isinstance(hello.get("maps"), dict) or not isinstance(hello.get("tick"), int):
             raise ConnectFailedError("the hello lacks its maps or its tick")
+        return hello
+
+    @staticmethod
+    def _hello_v2(msg: Any, selected: str | None) -> dict[str, Any]:
+        if selected != SUBPROTOCOL_V2:
+            # A v1-only server (a cluster's process, an older synkworld) selects nothing,
+            # or synkworld.v1, and sends a text hello of protocol 1.
+            said = f"selected {selected!r}" if selected else "selected no subprotocol"
+            raise ConnectFailedError(
+                f"the server does not speak protocol 2: it {said} when offered "
+                f"{SUBPROTOCOL_V2!r} (try --proto 1)"
+            )
+        if msg.type is not _BINARY:
+            raise ConnectFailedError(f"expected a binary hello frame, got {msg.type.name}")
+        data: bytes = msg.data
+        if not data or data[0] != FRAME_MESSAGE:
+            raise ConnectFailedError(f"the first frame is not a v2 message: {data[:20]!r}")
+        try:
+            hello = msgpack.unpackb(data[1:], strict_map_key=False)
+        except (ValueError, msgpack.UnpackException):
+            raise ConnectFailedError("the first frame is not MessagePack") from None
+        if not isinstance(hello, dict) or hello.get("m") != "hello":
+            raise ConnectFailedError(f"the first frame is not a hello: {data[:80]!r}")
+        if hello.get("proto") != 2:
+            raise ConnectFailedError(f"the server speaks protocol {hello.get('proto')!r}, not 2")
+        maps = hello.get("maps")
+        if not isinstance(maps, dict) or not isinstance(hello.get("tick"), int):
+            raise ConnectFailedError("the hello lacks its maps or its tick")
+        if not all(isinstance(m, dict) and "num" in m and "prec" in m for m in maps.values()):
+            raise ConnectFailedError("the hello's maps lack their numbers or precisions")
+        if not isinstance(hello.get("types"), list):
+            raise ConnectFailedError("the hello lacks its type table")
         return hello
 
     async def send(self, msg: Mapping[str, Any]) -> bool:
@@ -321,6 +427,17 @@ class LoadClient:
         each one to its mirror."""
         ws = self.ws
         assert ws is not None
+        if self.proto == 2:
+            await self._read_v2(ws)
+        else:
+            await self._read_v1(ws)
+        self.close_code = ws.close_code
+        for _, fut, _ in self._pending.values():
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionError("the connection closed"))
+        self._pending.clear()
+
+    async def _read_v1(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
         receive = ws.receive
         mirror = self.mirror
         if mirror is None:
@@ -367,18 +484,93 @@ class LoadClient:
                         self._count(kind, m)
                     try:
                         mirror.apply(m)
-                    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+                    except _MALFORMED as e:
                         mirror._violation(f"a malformed {kind!r} frame ({type(e).__name__}: {e})")
                 elif msg.type is _BINARY:
                     self.bad_frames += 1
                     mirror._violation("a binary frame (protocol v1 servers send text frames)")
                 elif msg.type in _DONE:
                     break
-        self.close_code = ws.close_code
-        for _, fut, _ in self._pending.values():
-            if fut is not None and not fut.done():
-                fut.set_exception(ConnectionError("the connection closed"))
-        self._pending.clear()
+
+    async def _read_v2(self, ws: aiohttp.ClientWebSocketResponse[bool]) -> None:
+        receive = ws.receive
+        mirror = self.mirror
+        if mirror is None:
+            while True:
+                msg = await receive()
+                if msg.type is _BINARY:
+                    data: bytes = msg.data
+                    self.frames += 1
+                    self.bytes += len(data)
+                    if data and data[0] == FRAME_TICK:
+                        self.ticks += 1
+                    else:
+                        self._control_v2(data)
+                elif msg.type is _TEXT:
+                    self.bad_frames += 1  # protocol v2 servers send binary frames only
+                elif msg.type in _DONE:
+                    break
+            return
+        now = time.time
+        while True:
+            msg = await receive()
+            if msg.type is _BINARY:
+                t = now()
+                data = msg.data
+                self.frames += 1
+                self.bytes += len(data)
+                kind = data[0] if data else -1
+                if kind == FRAME_MESSAGE:
+                    m = self._message_v2(data)
+                    if m is None:
+                        mirror._violation(f"a message frame that is not a map: {data[:60]!r}")
+                    elif m.get("m") == "pong":
+                        self._pong(m)
+                    else:
+                        if m.get("m") == "error":
+                            self._count("error", m)
+                        mirror.other(m)
+                    continue
+                if kind == FRAME_TICK:
+                    self.ticks += 1
+                    self.tick_arrived(data, {"m": "tick", "n": tick_number(data)}, t)
+                elif kind == FRAME_RESYNC:
+                    self._count("resync", {})
+                try:
+                    mirror.apply_frame(data)
+                except _MALFORMED as e:
+                    mirror._violation(f"a malformed frame of kind {kind} ({type(e).__name__}: {e})")
+            elif msg.type is _TEXT:
+                self.bad_frames += 1
+                mirror._violation("a text frame (protocol v2 servers send binary frames)")
+            elif msg.type in _DONE:
+                break
+
+    def _message_v2(self, data: bytes) -> dict[str, Any] | None:
+        try:
+            m = msgpack.unpackb(data[1:], strict_map_key=False)
+        except (ValueError, msgpack.UnpackException):
+            m = None
+        if not isinstance(m, dict):
+            self.bad_frames += 1
+            return None
+        return m
+
+    def _control_v2(self, data: bytes) -> None:
+        kind = data[0] if data else -1
+        if kind == FRAME_RESYNC:
+            self.resyncs += 1
+        elif kind == FRAME_MESSAGE:
+            m = self._message_v2(data)
+            if m is None:
+                return
+            what = m.get("m")
+            if what == "pong":
+                self._pong(m)
+            elif what == "error":
+                self._count("error", m)
+        else:
+            self.bad_frames += 1
 
     def tick_arrived(self, data: bytes, msg: dict[str, Any], t: float) -> None:
         """A sampled client got a tick frame at wall-clock `t` (not applied yet): for subclasses."""

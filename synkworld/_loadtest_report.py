@@ -47,12 +47,15 @@ def summary(result: dict[str, Any]) -> str:
         result["frames_per_client_s"],
     )
     rtt, err, chk = result["ping_rtt_ms"], result["errors_received"], result["correctness"]
+    proto = result["server"].get("proto")
+    payload = "binary frames" if proto == 2 else "JSON"
     lines = [
         f"clients: {c['connected']} of {c['requested']} connected"
         f" ({c['connect_failures']} failed), {c['closed_during_run']} closed during the run;"
-        f" {result['window_s']:.1f} s measured",
+        f" {result['window_s']:.1f} s measured; protocol v{proto}",
         f"per client: {b['median'] / 1024:.1f} KiB/s median, {b['p99'] / 1024:.1f} KiB/s p99"
-        f" on the wire ({p['median'] / 1024:.1f} / {p['p99'] / 1024:.1f} KiB/s of JSON);"
+        f" on the wire ({b['median'] / 1000:.1f} / {b['p99'] / 1000:.1f} kB/s;"
+        f" {p['median'] / 1024:.1f} / {p['p99'] / 1024:.1f} KiB/s of {payload});"
         f" {f['median']:.1f} frames/s median, {f['p99']:.1f} p99"
         f" ({result['tick_frames_per_client_s']['median']:.1f} tick frames/s median)",
         f"ping round trip: p50 {rtt['p50']:.1f} ms, p99 {rtt['p99']:.1f} ms"
@@ -215,8 +218,8 @@ def write_svg(result: dict[str, Any], path: Path) -> Path:
     b, f, rtt = result["bytes_per_client_s"], result["frames_per_client_s"], result["ping_rtt_ms"]
     c = result["clients"]
     head = [
-        f"synkworld loadtest {result['url']}: {c['connected']} of {c['requested']} clients,"
-        f" {result['window_s']:.1f} s measured",
+        f"synkworld loadtest {result['url']} (protocol v{result['server'].get('proto')}):"
+        f" {c['connected']} of {c['requested']} clients, {result['window_s']:.1f} s measured",
         f"per client {b['median'] / 1024:.1f} KiB/s median, {b['p99'] / 1024:.1f} p99;"
         f" {f['median']:.1f} frames/s median, {f['p99']:.1f} p99;"
         f" ping p50 {rtt['p50']:.1f} ms, p99 {rtt['p99']:.1f} ms;"

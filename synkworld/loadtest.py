@@ -1,7 +1,13 @@
-"""`synkworld loadtest`: drive any protocol-v1 server with panning clients, and check them.
+"""`synkworld loadtest`: drive any synkworld-protocol server with panning clients, and check them.
 
     synkworld loadtest ws://127.0.0.1:8080/ws --clients 200 --seconds 30
+    synkworld loadtest ws://127.0.0.1:8080/ws --clients 200 --proto 2
     synkworld loadtest wss://game.example/ws --clients 50 --ramp 10 --token "$TOKEN"
+
+The clients speak protocol v1 (docs/protocol.md), which every synkworld
+server serves; with `--proto 2` they offer the subprotocol `synkworld.v2`
+and speak protocol v2 (docs/protocol-v2.md), and a server that does not
+select it (a cluster's process, an older server) ends the run at once.
 
 The map comes from the server's `hello` (names, bounds, cell size). Each client
 connects (spread over `--ramp` seconds), sends a `view` of its viewport once
@@ -11,8 +17,9 @@ benchmark's load generator, generalised), and pings once per
 `--ping-interval`. After the ramp, `--seconds` are measured: bytes and frames
 per client per second, the ping round trip, connect failures, errors and
 resyncs received. `--sample` clients decode every frame into a `StrictMirror`
-and, at the end, are each compared with a fresh checker client that
-subscribes to the same keys (synkworld/_loadtest_check.py).
+(`StrictMirrorV2` with `--proto 2`) and, at the end, are each compared with a
+fresh checker client of the same protocol that subscribes to the same keys
+(synkworld/_loadtest_check.py).
 
 Writes `loadtest.json` and `loadtest.svg` to `--out` (default
 `./loadtest-<date>-<time>/`) and prints a summary. Exit status: 0 when the
@@ -44,7 +51,7 @@ import aiohttp
 import orjson
 
 from synkworld._loadtest_check import check_client
-from synkworld._loadtest_client import ConnectFailedError, LoadClient, StrictMirror
+from synkworld._loadtest_client import PROTOCOLS, ConnectFailedError, LoadClient, strict_mirror
 from synkworld._loadtest_pan import Panning, PanPath, view_phase
 from synkworld._loadtest_progress import Progress
 from synkworld._loadtest_report import percentile, spread, summary, write_svg
@@ -82,6 +89,7 @@ class LoadTestOptions:
     maps: tuple[str, ...] = ()
     token: str | None = None
     compression: bool = False
+    proto: int = 1
     seed: int = 1
     out: Path | None = None
     connect_timeout: float = 10.0
@@ -119,7 +127,10 @@ def parse_args(argv: Sequence[str]) -> LoadTestOptions:
     d = LoadTestOptions(url="")
     p = _Parser(
         prog=_PROG,
-        description="Drive a protocol-v1 server with panning clients; measure and check them.",
+        description=(
+            "Drive a synkworld server (protocol v1, or v2 with --proto 2) with panning "
+            "clients; measure and check them."
+        ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("url", help="the server's WebSocket, e.g. ws://127.0.0.1:8080/ws")
@@ -167,6 +178,15 @@ def parse_args(argv: Sequence[str]) -> LoadTestOptions:
     p.add_argument(
         "--compression", action="store_true", help="offer permessage-deflate, as browsers do"
     )
+    p.add_argument(
+        "--proto",
+        type=int,
+        choices=PROTOCOLS,
+        default=d.proto,
+        help="the protocol version the clients speak: 1 (JSON text frames) or 2 (binary "
+        "frames: offers the subprotocol synkworld.v2; a server that does not select it "
+        "ends the run)",
+    )
     p.add_argument("--seed", type=int, default=d.seed, help="fixes the viewports' paths")
     p.add_argument(
         "--out", type=Path, default=None, help="directory for the results [./loadtest-<time>/]"
@@ -202,6 +222,7 @@ def parse_args(argv: Sequence[str]) -> LoadTestOptions:
         maps=tuple(a.maps),
         token=a.token,
         compression=a.compression,
+        proto=a.proto,
         seed=a.seed,
         out=a.out,
         connect_timeout=a.connect_timeout,
@@ -303,7 +324,7 @@ class _Run:
 
     async def probe(self, session: aiohttp.ClientSession) -> dict[str, Any]:
         """One connection first: is the server there, and what is its map?"""
-        probe = LoadClient(-1, self.url)
+        probe = LoadClient(-1, self.url, proto=self.opts.proto)
         try:
             hello = await probe.connect(session, timeout_s=self.opts.connect_timeout)
         except ConnectFailedError as e:
@@ -359,8 +380,10 @@ class _Run:
             name = names[i % len(names)]
             pan = pannings[name]
             self.plans.append(_Plan(name, pan, pan.path(i)))
-            mirror = StrictMirror() if i in sampled else None
-            self.clients.append(LoadClient(i, self.url, mirror=mirror, compress=opts.compression))
+            mirror = strict_mirror(opts.proto) if i in sampled else None
+            self.clients.append(
+                LoadClient(i, self.url, mirror=mirror, compress=opts.compression, proto=opts.proto)
+            )
 
     # -- while the clients run ----------------------------------------------------------------
 

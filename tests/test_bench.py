@@ -1,4 +1,5 @@
-"""The grid-world load test (bench/): its client cache, and a small run end to end."""
+"""The grid-world load test (bench/): its client cache, and a small run end to end, in
+protocol v1 and v2."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from bench.gridworld_cache import (
     FrameBreakdown,
+    FrameBreakdownV2,
     cache_digest,
     compare_with_truth,
     holding,
@@ -21,7 +23,8 @@ from bench.gridworld_cache import (
 from bench.gridworld_scenario import Motion, Scenario, pan_path, pan_rect
 from bench.naive_frames import NaiveTickLoop, NaiveWorld
 from synkworld import GridMap, Limits, Session, SynkObject, TickLoop, World
-from synkworld.testing import ReferenceClient, world_truth
+from synkworld._wire_v2 import encode_hello_v2, type_table
+from synkworld.testing import ReferenceClient, ReferenceClientV2, world_truth
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +102,104 @@ def test_a_sampled_client_holds_what_the_reference_client_holds() -> None:
         truth = {"held": sorted(s.held), "objs": _as_lists(world_truth(world, s.held))}
         assert compare_with_truth(holding(cache), truth) == (0, [])
     assert clients["tight"][0].resyncs > 0
+
+
+def test_a_v2_sampled_client_holds_what_the_v2_reference_client_holds() -> None:
+    # Protocol v2 in memory: a roomy session and one that lags and is resynced; every
+    # frame is taken apart by the breakdown, whose parts must add up to the frame.
+    rng = random.Random(5)
+    world = World(GridMap(cell_size=10, bounds=(0, 0, 100, 100)))
+    loop = TickLoop(world)
+    critters = [
+        world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))) for _ in range(60)
+    ]
+    sessions = [
+        Session("roomy", world.grid, wire_version=2),
+        Session("tight", world.grid, limits=Limits(send_queue_max_frames=1), wire_version=2),
+    ]
+    hello = encode_hello_v2("s", 0, 20.0, world.grid, type_table())
+    clients = {s.sid: (sampled_client(2), ReferenceClientV2()) for s in sessions}
+    for cache, ref in clients.values():
+        cache.apply_frame(hello)
+        ref.apply_frame(hello)
+    for s in sessions:
+        loop.attach(s)
+    breakdown = FrameBreakdownV2()
+    tick_bytes = 0
+
+    def read(s: Session) -> None:
+        nonlocal tick_bytes
+        cache, ref = clients[s.sid]
+        while (frame := s.pop()) is not None:
+            if frame[0] == 0x01:  # tick frames: what the load generator takes apart
+                breakdown.add(frame)
+                tick_bytes += len(frame)
+            cache.apply_frame(frame)
+            ref.apply_frame(frame)
+
+    for tick in range(60):
+        for c in critters:
+            if c.world is not None:
+                world.move(c, min(99.9, max(0, c.x + rng.uniform(-6, 6))), c.y)
+            if rng.random() < 0.1 and c.world is not None:
+                c.hp = rng.randrange(100)
+        if tick % 7 == 3:
+            world.delete(critters.pop(rng.randrange(len(critters))))
+            critters.append(world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))))
+        if tick % 5 == 0:
+            for s in sessions:
+                x, y = rng.uniform(0, 60), rng.uniform(0, 60)
+                s.view("main", (x, y, x + 30, y + 20), 1)
+        loop.step()
+        for s in sessions:
+            if s.sid != "tight" or tick % 4 == 0:
+                read(s)
+    for _ in range(2):
+        for s in sessions:
+            read(s)
+        loop.step()
+    for s in sessions:
+        read(s)
+        cache, ref = clients[s.sid]
+        assert not s.lagging
+        assert cache.violations == 0, cache.violation_examples
+        assert cache.held == ref.held == s.held
+        assert holding(cache)["objs"] == _as_lists(ref.view())
+        truth = {"held": sorted(s.held), "objs": _as_lists(world_truth(world, s.held))}
+        assert compare_with_truth(holding(cache), truth) == (0, [])
+    assert clients["tight"][0].resyncs > 0
+    summary = breakdown.summary()
+    assert breakdown.total == tick_bytes and summary["proto"] == 2
+    assert sum(breakdown.raw()[k] for k in _V2_PARTS) == tick_bytes
+    # Every kind of entry showed up: motion, adds, mods, leaves, rems, snapshots.
+    per_frame = summary["entries_per_frame"]
+    assert all(per_frame[k] > 0 for k in ("motion", "adds", "mods", "leaves", "rems", "snapshots"))
+
+
+_V2_PARTS = ("header", "batch_overhead", "motion", "entries", "leave_rem", "sub_snap")
+
+
+def test_the_v2_breakdown_refuses_a_frame_it_cannot_read_to_its_end() -> None:
+    world = World(GridMap(cell_size=10, bounds=(0, 0, 100, 100)))
+    loop = TickLoop(world)
+    critter = world.create(Critter(x=5.0, y=5.0))
+    s = Session("s", world.grid, wire_version=2)
+    loop.attach(s)
+    s.view("main", (0, 0, 20, 20), 0)
+    loop.step()
+    while s.pop() is not None:  # the subscription and its snapshots
+        pass
+    world.move(critter, 6.0, 5.0)
+    loop.step()
+    frame = s.pop()
+    assert frame is not None and frame[0] == 0x01
+    b = FrameBreakdownV2()
+    b.add(frame)
+    assert b.frames == 1 and b.motion_entities == 1
+    with pytest.raises(ValueError, match="read to"):
+        FrameBreakdownV2().add(frame + b"\x00")
+    with pytest.raises(IndexError):
+        FrameBreakdownV2().add(frame[:-1])
 
 
 def test_compare_with_truth_names_the_differences() -> None:
@@ -180,7 +281,7 @@ RUN_FIELDS = {
 
 
 def small_run(out: Path, *flags: str) -> dict[str, Any]:
-    """`bench.gridworld` at E=500, C=20 for 3 s; its results."""
+    """`bench.gridworld` at E=500, C=20 for 3 s; its results (raises when it fails)."""
     cmd = [
         sys.executable,
         "-m",
@@ -200,13 +301,34 @@ def wire_and_payload(run: dict[str, Any]) -> tuple[float, float]:
     return c["bytes_per_client_s"]["mean"], c["payload_bytes_per_client_s"]["mean"]
 
 
+_SMALL_RUNS: dict[int, tuple[Path, dict[str, Any]]] = {}
+
+
+def small_run_with_naive(tmp_path_factory: pytest.TempPathFactory, proto: int) -> tuple[Path, Any]:
+    """The small run with `--compare-naive` in protocol `proto`, made once per test session
+    (the end-to-end test and the comparison of the two protocols share it)."""
+    if proto not in _SMALL_RUNS:
+        out = tmp_path_factory.mktemp(f"gridworld-v{proto}")
+        flags = ["--sample-clients", "6", "--compare-naive"]
+        if proto != 1:
+            flags += ["--proto", str(proto)]  # v1 is the default
+        _SMALL_RUNS[proto] = (out, small_run(out, *flags))
+    return _SMALL_RUNS[proto]
+
+
 @pytest.mark.timeout(120)
-def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
-    result = small_run(tmp_path, "--sample-clients", "6", "--compare-naive")
-    assert (tmp_path / "gridworld-E500-C20.json").exists()
+@pytest.mark.parametrize("proto", [1, 2])
+def test_a_small_grid_world_run_end_to_end(
+    tmp_path_factory: pytest.TempPathFactory, proto: int
+) -> None:
+    tmp_path, result = small_run_with_naive(tmp_path_factory, proto)
+    suffix = "-v2" if proto == 2 else ""
+    assert (tmp_path / f"gridworld-E500-C20{suffix}.json").exists()
     assert {"command", "machine", "scenario", "runs", "targets", "ratios"} <= result.keys()
+    assert result["proto"] == result["scenario"]["proto"] == proto
     assert set(result["runs"]) == {"synkworld", "naive"}
     for name, run in result["runs"].items():
+        assert run["proto"] == run["scenario"]["proto"] == proto
         for section, fields in RUN_FIELDS.items():
             missing = fields - run[section].keys()
             assert not missing, f"{name}.{section} lacks {missing}"
@@ -216,11 +338,29 @@ def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
         assert run["clients"]["connected"] == 20
         assert run["server"]["ticks"] > 0 and run["latency_ms"]["samples"] > 0
         wire, payload = wire_and_payload(run)
-        # On the wire: the frames' JSON and a few bytes of WebSocket framing each
-        # (0.3% here). A frame that arrives just before the window opens is counted as
-        # payload but not on the wire (it is read just after), so in a short run the
-        # wire can come out a frame or two below the payload (once: 0.997).
-        assert payload > 0 and 0.99 < wire / payload < 1.02
+        # On the wire: the frames and a few bytes of WebSocket framing each (0.3% of
+        # v1's JSON here; v2's frames are smaller, so the framing is a larger share). A
+        # frame that arrives just before the window opens is counted as payload but not
+        # on the wire (it is read just after), so in a short run the wire can come out a
+        # frame or two below the payload (once: 0.997).
+        assert payload > 0 and 0.99 < wire / payload < (1.02 if proto == 1 else 1.1)
+        breakdown = run["frame_breakdown"]
+        assert breakdown["proto"] == proto and breakdown["frames_sampled"] > 0
+        # The parts are every byte of the sampled frames.
+        assert sum(breakdown["bytes_per_frame"].values()) == pytest.approx(
+            breakdown["mean_frame_bytes"], abs=0.5
+        )
+        if proto == 2:
+            assert set(breakdown["bytes_per_frame"]) == {
+                "header",
+                "per_cell_overhead",
+                "motion_entries",
+                "msgpack_entries",
+                "leaves_and_rems",
+                "sub_and_snapshots",
+            }
+            assert breakdown["bytes_per_frame"]["motion_entries"] > 0
+            assert "v2_bytes_per_client_s_mean" in result["targets"]
     assert result["runs"]["synkworld"]["scenario"]["mode"] == "shared"
     assert result["runs"]["naive"]["scenario"]["mode"] == "per-client"
     ratios = result["ratios"]
@@ -228,7 +368,32 @@ def test_a_small_grid_world_run_end_to_end(tmp_path: Path) -> None:
     # The same world, the same final viewports: the naive frames leave the same caches.
     assert ratios["same_client_caches"] is True
     for png in ("ticks", "latency", "clients", "breakdown", "compare"):
-        assert (tmp_path / f"E500-C20_{png}.png").stat().st_size > 1000
+        assert (tmp_path / f"E500-C20{suffix}_{png}.png").stat().st_size > 1000
+
+
+@pytest.mark.timeout(240)
+def test_both_protocols_leave_the_same_caches_and_v2_sends_fewer_bytes(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The same world and final viewports: a v2 client's cache (positions from integers
+    # and deltas) must end equal to a v1 client's (positions as JSON numbers).
+    _, v1 = small_run_with_naive(tmp_path_factory, 1)
+    _, v2 = small_run_with_naive(tmp_path_factory, 2)
+    one, two = v1["runs"]["synkworld"], v2["runs"]["synkworld"]
+    if one["correctness"]["forced_freeze"] or two["correctness"]["forced_freeze"]:
+        pytest.skip("a run was frozen early (the machine too busy): the worlds differ")
+    assert one["correctness"]["digests"] == two["correctness"]["digests"]
+    assert two["clients"]["bytes_per_client_tick"]["mean"] < (
+        0.5 * one["clients"]["bytes_per_client_tick"]["mean"]
+    )
+
+
+def test_protocol_2_on_several_processes_is_refused_in_one_line() -> None:
+    cmd = [sys.executable, "-m", "bench.gridworld", "--proto", "2", "--processes", "2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "protocol v1 only" in lines[0], proc.stderr
 
 
 def test_micro_tick_times_every_part_of_a_tick() -> None:
@@ -258,7 +423,8 @@ def test_a_small_run_with_compression_counts_the_compressed_bytes(tmp_path: Path
     assert wire < 0.6 * payload
 
 
-def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> None:
+@pytest.mark.parametrize("proto", [1, 2])
+def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames(proto: int) -> None:
     import numpy as np
     import orjson
 
@@ -273,7 +439,8 @@ def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> 
             world.create(Critter(x=float(x), y=float(y))) for x, y in rng.uniform(0, 99, (100, 2))
         ]
         sessions = [
-            Session(f"s{i}", world.grid, limits=Limits(send_queue_max_frames=3)) for i in range(5)
+            Session(f"s{i}", world.grid, limits=Limits(send_queue_max_frames=3), wire_version=proto)
+            for i in range(5)
         ]
         for s in sessions:
             loop.attach(s)
@@ -283,23 +450,32 @@ def test_the_naive_baseline_frames_carry_the_same_content_as_shared_frames() -> 
             xs, ys = world.positions(slots)
             world.set_positions(
                 slots,
-                np.clip(xs + rng.normal(0, 4, 100), 0, 99),
-                np.clip(ys + rng.normal(0, 4, 100), 0, 99),
+                np.clip(xs + rng.normal(0, 4, len(bees)), 0, 99),
+                np.clip(ys + rng.normal(0, 4, len(bees)), 0, 99),
             )
             for i, s in enumerate(sessions):
                 if t % 7 == i:
                     x, y = rng.uniform(0, 80, 2)
                     s.view("main", (x, y, x + 20, y + 20), 1)
+            if t % 3 == 0:
+                bees[t].hp = t  # mods too, besides motion and crossings
+            if t == 20:
+                world.delete(bees.pop())  # and a rem
             loop.step()
             for i, s in enumerate(sessions):
                 if i != 4 or t % 10 == 9:  # session 4 reads rarely: it lags and is resynced
                     while (f := s.pop()) is not None:
-                        out[i].append(orjson.loads(f))
+                        # v1: the JSON (its content); v2: the bytes themselves.
+                        out[i].append(orjson.loads(f) if proto == 1 else f)
         return out
 
     shared, naive = run(World, TickLoop), run(NaiveWorld, NaiveTickLoop)
     assert shared == naive
-    assert any(f["m"] == "resync" for f in shared[4])  # type: ignore[index]
+
+    def resync(f: Any) -> bool:
+        return bool(f["m"] == "resync") if proto == 1 else f[0] == 0x02
+
+    assert any(resync(f) for f in shared[4])
 
 
 @pytest.mark.redis

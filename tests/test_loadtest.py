@@ -1,5 +1,5 @@
-"""`synkworld loadtest` end to end: against the demo, against servers that break the
-protocol (the check must catch them), and the ways it refuses to run."""
+"""`synkworld loadtest` end to end, in protocol v1 and v2: against the demo, against servers
+that break the protocol (the check must catch them), and the ways it refuses to run."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ from aiohttp import web
 from bench.gridworld_scenario import Scenario, pan_path, pan_rect, view_phase
 from synkworld._loadtest_pan import Panning
 from synkworld._loadtest_pan import view_phase as shared_view_phase
+from synkworld._wire_v2 import (
+    BATCH_ENTRIES,
+    SUBPROTOCOL_V2,
+    TICK_BATCHES,
+    TICK_SNAPS,
+    TICK_SUB_ADD,
+    encode_message,
+    packed,
+    varint,
+)
 from tests.browser.demo_helpers import DemoServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,14 +151,18 @@ def demo(tmp_path: Path) -> Iterator[DemoServer]:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.parametrize("proto", [1, 2])
 def test_a_loadtest_of_the_demo_reports_every_figure_and_passes_its_check(
-    demo: DemoServer, tmp_path: Path
+    demo: DemoServer, tmp_path: Path, proto: int
 ) -> None:
     run_dir = tmp_path / "cwd"
     run_dir.mkdir()
     url = f"ws://127.0.0.1:{demo.port}/ws"
+    proto_args = ("--proto", "2") if proto == 2 else ()  # v1 is the default
     proc = loadtest(
-        url, "--clients", "12", "--seconds", "3", "--ramp", "1", "--sample", "3", cwd=run_dir
+        url,
+        *("--clients", "12", "--seconds", "3", "--ramp", "1", "--sample", "3", *proto_args),
+        cwd=run_dir,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # Without --out, a timestamped directory in the working directory.
@@ -165,7 +179,8 @@ def test_a_loadtest_of_the_demo_reports_every_figure_and_passes_its_check(
         assert r.keys() >= CLIENT_CHECK_FIELDS
         assert r["ok"] and r["compared_ticks"] and r["keys"] > 0, r
     # What the hello said is what the clients panned over.
-    assert result["server"]["proto"] == 1
+    assert result["server"]["proto"] == proto == result["settings"]["proto"]
+    assert f"protocol v{proto}" in proc.stdout
     main = result["server"]["maps"]["main"]
     assert result["maps_used"]["main"]["extent"] == main["bounds"]
     assert result["maps_used"]["main"]["view"] == [4 * main["cell"], 3 * main["cell"]]
@@ -175,6 +190,7 @@ def test_a_loadtest_of_the_demo_reports_every_figure_and_passes_its_check(
     assert result["tick_frames_per_client_s"]["median"] > 0
     assert result["ping_rtt_ms"]["samples"] > 0 and result["ping_rtt_ms"]["p99"] > 0
     assert result["errors_received"]["total"] == 0 and result["errors_received"]["bad_frames"] == 0
+    assert result["resyncs"]["total"] == 0
     assert len(result["series"]["t_s"]) >= 3
     svg = ET.parse(out / "loadtest.svg").getroot()
     assert svg.tag == "{http://www.w3.org/2000/svg}svg"
@@ -233,6 +249,24 @@ def test_a_token_goes_in_the_query_and_a_refusal_is_one_line(tmp_path: Path) -> 
     assert "HTTP 401" in err and "s3cret" not in err
 
 
+def test_protocol_2_against_a_server_that_does_not_select_it_exits_2(tmp_path: Path) -> None:
+    # A server that speaks protocol v1 only (a cluster's process, an older synkworld):
+    # it selects no subprotocol and sends a text hello of protocol 1.
+    async def main() -> tuple[int, str, str]:
+        server = FaultyServer("none", proto=1)
+        async with _serve(server.handle) as port:
+            return await loadtest_async(
+                f"ws://127.0.0.1:{port}/ws", "--proto", "2", "--quiet", cwd=tmp_path
+            )
+
+    code, out, err = asyncio.run(main())
+    assert code == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "does not speak protocol 2" in lines[0] and "synkworld.v2" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 # -- servers that break the protocol: the check must fail ------------------------------------
 
 
@@ -252,7 +286,8 @@ async def _serve(handler: Any) -> AsyncIterator[int]:
 
 
 class FaultyServer:
-    """Speaks protocol v1 over one cell holding one object, and gets one thing wrong:
+    """Speaks protocol v1 (or v2, its frames written here byte by byte from
+    docs/protocol-v2.md) over one cell holding one object, and gets one thing wrong:
 
     - "regress": every tick, a mod of the object with a version not above the held one;
     - "divergent": every connection's snapshot says something else (as if each client
@@ -260,9 +295,11 @@ class FaultyServer:
     """
 
     KEY = "main:0:0"
+    KEY_V2 = varint(1) + varint(0) + varint(0)  # map 0 + 1, zigzag cx, zigzag cy
 
-    def __init__(self, fault: str) -> None:
+    def __init__(self, fault: str, proto: int = 1) -> None:
         self.fault = fault
+        self.proto = proto
         self.tick = 1
         self.numbers = itertools.count(1)
         self.conns: dict[web.WebSocketResponse, int] = {}  # -> its number
@@ -270,61 +307,94 @@ class FaultyServer:
         self.pending: set[web.WebSocketResponse] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse()
+        v2 = self.proto == 2
+        ws = web.WebSocketResponse(protocols=(SUBPROTOCOL_V2,) if v2 else ())
         await ws.prepare(request)
         self.conns[ws] = next(self.numbers)
         maps = {"cell": 100, "origin": [0, 0], "bounds": [0, 0, 1000, 1000], "pos": ["x", "y"]}
         hello = {
             "m": "hello",
-            "proto": 1,
+            "proto": self.proto,
             "sid": f"s{self.conns[ws]}",
             "tick": self.tick,
             "rate": 20,
-            "maps": {"main": {**maps, "prec": 1}},
+            "maps": {"main": {**maps, "prec": 1, **({"num": 0} if v2 else {})}},
         }
-        await ws.send_str(orjson.dumps(hello).decode())
+        if v2:
+            hello["types"] = [[0, "thing", ["x", "y", "hp"], [0, 1]]]
+        await self._send(ws, hello)
         try:
             async for msg in ws:
                 m = orjson.loads(msg.data)
                 if m["m"] in ("view", "sub") and ws not in self.holding:
                     self.pending.add(ws)
                 elif m["m"] == "ping":
-                    await ws.send_str(
-                        orjson.dumps({"m": "pong", "t": m["t"], "n": self.tick}).decode()
-                    )
+                    await self._send(ws, {"m": "pong", "t": m["t"], "n": self.tick})
         finally:
             self.conns.pop(ws, None)
             self.holding.discard(ws)
             self.pending.discard(ws)
         return ws
 
+    async def _send(self, ws: web.WebSocketResponse, message: dict[str, Any]) -> None:
+        if self.proto == 2:
+            await ws.send_bytes(encode_message(message))
+        else:
+            await ws.send_str(orjson.dumps(message).decode())
+
     async def run(self) -> None:
         while True:
             await asyncio.sleep(0.05)
             self.tick += 1
             for ws, number in list(self.conns.items()):
-                frame: dict[str, Any] | None = None
+                frame: bytes | None = None
                 if ws in self.pending:
                     hp = number if self.fault == "divergent" else 1
-                    obj = {"id": "a", "t": "thing", "v": 1, "s": {"x": 1.0, "y": 1.0, "hp": hp}}
-                    frame = {
-                        "m": "tick",
-                        "n": self.tick,
-                        "sub": {"add": [self.KEY]},
-                        "snap": [{"k": self.KEY, "objs": [obj]}],
-                    }
+                    frame = self._snapshot_frame(hp)
                     self.pending.discard(ws)
                     self.holding.add(ws)
                 elif ws in self.holding and self.fault == "regress":
-                    mod = {"id": "a", "v": 1, "d": {"hp": 2}}
-                    frame = {"m": "tick", "n": self.tick, "b": [{"k": self.KEY, "mod": [mod]}]}
+                    frame = self._regressing_frame()
                 if frame is not None and not ws.closed:
                     with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.send_str(orjson.dumps(frame).decode())
+                        if self.proto == 2:
+                            await ws.send_bytes(frame)
+                        else:
+                            await ws.send_str(frame.decode())
+
+    def _snapshot_frame(self, hp: int) -> bytes:
+        """The tick frame that adds the cell, with its snapshot: the object at (1, 1)."""
+        if self.proto == 2:
+            entry = [0, "a", 0, 1, [10, 10, hp]]  # slot, id, type, version, state (x10)
+            return b"".join(
+                (
+                    b"\x01" + varint(self.tick) + bytes([TICK_SUB_ADD | TICK_SNAPS]),
+                    varint(1) + self.KEY_V2,
+                    varint(1) + self.KEY_V2 + packed([entry]),
+                )
+            )
+        obj = {"id": "a", "t": "thing", "v": 1, "s": {"x": 1.0, "y": 1.0, "hp": hp}}
+        return orjson.dumps(
+            {
+                "m": "tick",
+                "n": self.tick,
+                "sub": {"add": [self.KEY]},
+                "snap": [{"k": self.KEY, "objs": [obj]}],
+            }
+        )
+
+    def _regressing_frame(self) -> bytes:
+        """A tick frame with a mod of the object at version 1, the version it holds."""
+        if self.proto == 2:
+            mod = [0, 1, {2: 2}]  # slot, version, field 2 (hp) -> 2
+            batch = self.KEY_V2 + varint(BATCH_ENTRIES) + packed([[], [mod]])
+            return b"\x01" + varint(self.tick) + bytes([TICK_BATCHES]) + varint(1) + batch
+        mod_v1 = {"id": "a", "v": 1, "d": {"hp": 2}}
+        return orjson.dumps({"m": "tick", "n": self.tick, "b": [{"k": self.KEY, "mod": [mod_v1]}]})
 
 
-async def _against(fault: str, tmp_path: Path) -> tuple[int, str, dict[str, Any]]:
-    server = FaultyServer(fault)
+async def _against(fault: str, tmp_path: Path, proto: int) -> tuple[int, str, dict[str, Any]]:
+    server = FaultyServer(fault, proto)
     ticking = asyncio.create_task(server.run())
     try:
         async with _serve(server.handle) as port:
@@ -332,6 +402,7 @@ async def _against(fault: str, tmp_path: Path) -> tuple[int, str, dict[str, Any]
                 f"ws://127.0.0.1:{port}/ws",
                 *("--clients", "4", "--seconds", "1", "--sample", "2", "--quiet"),
                 *("--out", str(tmp_path / "out"), "--check-timeout", "5"),
+                *("--proto", str(proto)),
                 cwd=tmp_path,
             )
     finally:
@@ -342,8 +413,10 @@ async def _against(fault: str, tmp_path: Path) -> tuple[int, str, dict[str, Any]
 
 
 @pytest.mark.timeout(60)
-def test_the_check_fails_on_version_regressions(tmp_path: Path) -> None:
-    code, out, result = asyncio.run(_against("regress", tmp_path))
+@pytest.mark.parametrize("proto", [1, 2])
+def test_the_check_fails_on_version_regressions(tmp_path: Path, proto: int) -> None:
+    code, out, result = asyncio.run(_against("regress", tmp_path, proto))
+    assert result["server"]["proto"] == proto
     c = result["correctness"]
     assert code == 1 and not c["ok"] and "correctness: FAIL" in out
     assert c["violations"] > 0
@@ -352,8 +425,12 @@ def test_the_check_fails_on_version_regressions(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_the_check_fails_when_a_fresh_client_sees_something_else(tmp_path: Path) -> None:
-    code, _, result = asyncio.run(_against("divergent", tmp_path))
+@pytest.mark.parametrize("proto", [1, 2])
+def test_the_check_fails_when_a_fresh_client_sees_something_else(
+    tmp_path: Path, proto: int
+) -> None:
+    code, _, result = asyncio.run(_against("divergent", tmp_path, proto))
+    assert result["server"]["proto"] == proto
     c = result["correctness"]
     assert code == 1 and not c["ok"]
     assert c["violations"] == 0 and c["mismatches"] > 0
