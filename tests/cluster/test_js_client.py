@@ -216,10 +216,17 @@ async def test_js_clients_on_two_processes_see_a_walker_cross_their_border(
             ready = time.monotonic()
 
             async with (
-                node_client(node, procs[0].url, tmp_path, types="walker", name="p0") as a,
-                node_client(node, procs[1].url, tmp_path, types="walker", name="p1") as b,
+                # Each asks for protocol v2, the library's default, and gets v1: a
+                # cluster's processes speak v1 only.
+                node_client(
+                    node, procs[0].url, tmp_path, types="walker", name="p0", version=2
+                ) as a,
+                node_client(
+                    node, procs[1].url, tmp_path, types="walker", name="p1", version=2
+                ) as b,
             ):
                 clients = [a, b]
+                assert a.hello["proto"] == b.hello["proto"] == 1
                 for c in clients:
                     await c.cmd("view", map="main", rects=[[0, 0, SIZE, SIZE]], margin=0)
                 watches = [Watch(p.name, owners) for p in procs]
