@@ -34,7 +34,6 @@ from synkworld._wire_v2 import (
 __all__ = ["BatchBuilderV2", "V2Batches", "encode_varints", "state_array"]
 
 _JUMP = 2**31  # a motion delta this large or larger goes as a mod with both positions
-_SMALL = [bytes([i]) for i in range(128)]
 
 
 @dataclass(slots=True)
@@ -336,7 +335,8 @@ def _motion_of(
     # Groups are in order already: a stable sort of (group, slot) keeps it cheap.
     order = np.argsort((group << 32) | slots, kind="stable")
     slots, dx, dy = slots[order], dx[order], dy[order]
-    keys = np.array(m.keys, dtype=object)[chosen].tolist()
+    key_array = np.array(m.keys, dtype=object)[chosen]
+    keys = key_array.tolist()
     dense_arr = m.dense[chosen]
     counts_arr = counts[chosen]
     n = len(slots)
@@ -375,7 +375,7 @@ def _motion_of(
     # The commonest batch, motion only: a slice of the blob, made without a Python step.
     out.update(
         zip(
-            np.array(keys, dtype=object)[alone].tolist(),
+            key_array[alone].tolist(),
             map(blob.__getitem__, map(slice, starts[alone].tolist(), ends[alone].tolist())),
             strict=True,
         )

@@ -27,6 +27,8 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from synkworld._errors import (
     BadJsonError,
     ForbiddenError,
@@ -41,11 +43,11 @@ from synkworld._protocol import (
     PingMessage,
     SubMessage,
     ViewMessage,
-    encode_error,
     encode_hello,
-    encode_pong,
-    encode_reply,
+    error_message,
     parse_client_message,
+    pong_message,
+    reply_message,
 )
 from synkworld._sessions import Session
 from synkworld._wire_v2 import encode_hello_v2, encode_message, type_table
@@ -169,10 +171,7 @@ class ClientProtocol:
             if isinstance(msg, CallMessage):
                 return RunCall(msg.id, msg.name, msg.args)
             if isinstance(msg, PingMessage):
-                if self.session.wire_version == 2:
-                    self.session.push_control(encode_message({"m": "pong", "t": msg.t, "n": tick}))
-                else:
-                    self.session.push_control(encode_pong(msg.t, tick))
+                self._answer(pong_message(msg.t, tick))
         except ProtocolError as e:
             self._refuse(e, now)
         return None
@@ -212,12 +211,7 @@ class ClientProtocol:
 
     def call_answered(self, request: RunCall, result: Any) -> None:
         """The call handler returned `result`: reply to the client."""
-        if self.session.wire_version == 2:
-            self.session.push_control(
-                encode_message({"m": "reply", "id": request.call_id, "ok": result})
-            )
-        else:
-            self.session.push_control(encode_reply(request.call_id, result))
+        self._answer(reply_message(request.call_id, result))
 
     def call_failed(self, request: RunCall, error: ProtocolError, *, now: float) -> None:
         """The call was refused or its handler failed: an error with the call's id."""
@@ -233,14 +227,15 @@ class ClientProtocol:
         self.session.wanted = wanted
         return None
 
+    def _answer(self, message: dict[str, Any]) -> None:
+        """Queues a reply, error or pong in the session's protocol version."""
+        encode = encode_message if self.session.wire_version == 2 else orjson.dumps
+        self.session.push_control(encode(message))
+
     def _refuse(self, error: ProtocolError, now: float) -> None:
         if self._on_error is not None:
             self._on_error(error.code)
-        if self.session.wire_version == 2:
-            message = {"m": "error", "id": error.call_id, "code": error.code, "msg": error.message}
-            self.session.push_control(encode_message(message))
-        else:
-            self.session.push_control(encode_error(error.code, error.message, error.call_id))
+        self._answer(error_message(error.code, error.message, error.call_id))
         if isinstance(error, HandlerFailedError):
             return  # the application's fault, not the client's: it does not count against it
         window = self.limits.error_window_s

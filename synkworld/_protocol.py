@@ -34,7 +34,10 @@ __all__ = [
     "encode_reply",
     "encode_resync",
     "encode_tick",
+    "error_message",
     "parse_client_message",
+    "pong_message",
+    "reply_message",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -279,16 +282,31 @@ def encode_resync(tick: int, snapshots: Iterable[bytes]) -> bytes:
     return b'{"m":"resync","n":%d,"snap":[%b]}' % (tick, b",".join(snapshots))
 
 
+def reply_message(call_id: int, result: Any) -> dict[str, Any]:
+    """The answer to a successful call, as a message of either protocol version."""
+    return {"m": "reply", "id": call_id, "ok": result}
+
+
+def error_message(code: str, message: str, call_id: int | None = None) -> dict[str, Any]:
+    """An error answering a client message, as a message of either protocol version."""
+    return {"m": "error", "id": call_id, "code": code, "msg": message}
+
+
+def pong_message(t: int | float, tick: int) -> dict[str, Any]:
+    """The answer to a ping, as a message of either protocol version."""
+    return {"m": "pong", "t": t, "n": tick}
+
+
 def encode_reply(call_id: int, result: Any) -> bytes:
     """The answer to a successful call."""
-    return orjson.dumps({"m": "reply", "id": call_id, "ok": result})
+    return orjson.dumps(reply_message(call_id, result))
 
 
 def encode_error(code: str, message: str, call_id: int | None = None) -> bytes:
     """An error answering a client message."""
-    return orjson.dumps({"m": "error", "id": call_id, "code": code, "msg": message})
+    return orjson.dumps(error_message(code, message, call_id))
 
 
 def encode_pong(t: int | float, tick: int) -> bytes:
     """The answer to a ping."""
-    return orjson.dumps({"m": "pong", "t": t, "n": tick})
+    return orjson.dumps(pong_message(t, tick))

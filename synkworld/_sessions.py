@@ -22,7 +22,7 @@ from synkworld._errors import BadMessageError, TooManyKeysError
 from synkworld._grid import Grid, is_grid_key
 from synkworld._limits import Limits
 
-__all__ = ["Session", "SessionStatistics"]
+__all__ = ["Session", "SessionStatistics", "count_holders"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,16 +173,8 @@ class Session:
             return [], []
         before = self.held
         held = self.held = (before - set(removed)) | set(added)
-        holders = self.holders
-        if holders is not None:
-            for key in before - held:
-                left = holders[key] - 1
-                if left:
-                    holders[key] = left
-                else:
-                    del holders[key]
-            for key in held - before:
-                holders[key] = holders.get(key, 0) + 1
+        if self.holders is not None:
+            count_holders(self.holders, came=held - before, went=before - held)
         self._held_in_order = None
         self.wanted_changed = held != self._wanted
         return added, removed
@@ -284,3 +276,16 @@ class Session:
             self.resyncs,
             self.lagging,
         )
+
+
+def count_holders(holders: dict[str, int], *, came: Iterable[str], went: Iterable[str]) -> None:
+    """Counts one holder more for each key in `came` and one fewer for each in `went`
+    (a key no one holds is not in `holders`)."""
+    for key in went:
+        left = holders[key] - 1
+        if left:
+            holders[key] = left
+        else:
+            del holders[key]
+    for key in came:
+        holders[key] = holders.get(key, 0) + 1

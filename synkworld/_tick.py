@@ -29,7 +29,7 @@ from synkworld._frames import (
     deliver_frames,
 )
 from synkworld._limits import Limits
-from synkworld._sessions import Session
+from synkworld._sessions import Session, count_holders
 from synkworld._world import TickChanges, World
 
 __all__ = ["PublishedTick", "TickLoop", "TickPhases", "TickStatistics"]
@@ -150,10 +150,8 @@ class TickLoop:
             # Before the session holds a key: the next commit records v2 batches.
             self.port.serve_v2()
             self._v2_sessions += 1
-            holders = self._v2_held
-            for key in session.held:
-                holders[key] = holders.get(key, 0) + 1
-            session.holders = holders
+            count_holders(self._v2_held, came=session.held, went=())
+            session.holders = self._v2_held
         self._sessions[session.sid] = session
 
     def detach(self, session: Session) -> None:
@@ -163,13 +161,7 @@ class TickLoop:
             if gone.wire_version == 2:
                 self._v2_sessions -= 1
                 gone.holders = None
-                holders = self._v2_held
-                for key in gone.held:
-                    left = holders[key] - 1
-                    if left:
-                        holders[key] = left
-                    else:
-                        del holders[key]
+                count_holders(self._v2_held, came=(), went=gone.held)
             self.cells.forget(session.sid)
 
     async def between_ticks(self) -> None:

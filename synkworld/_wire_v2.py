@@ -190,22 +190,16 @@ def encode_tick_v2(
     if types_known < len(table):
         parts |= TICK_TYPES
         out.append(_types_part(types_known, table))
-    if removed:
-        parts |= TICK_SUB_REM
-        out.append(varint(len(removed)))
-        out.extend(removed)
-    if added:
-        parts |= TICK_SUB_ADD
-        out.append(varint(len(added)))
-        out.extend(added)
-    if batches:
-        parts |= TICK_BATCHES
-        out.append(varint(len(batches)))
-        out.extend(batches)
-    if snaps:
-        parts |= TICK_SNAPS
-        out.append(varint(len(snaps)))
-        out.extend(snaps)
+    for bit, items in (
+        (TICK_SUB_REM, removed),
+        (TICK_SUB_ADD, added),
+        (TICK_BATCHES, batches),
+        (TICK_SNAPS, snaps),
+    ):
+        if items:
+            parts |= bit
+            out.append(varint(len(items)))
+            out.extend(items)
     return b"".join((b"\x01", varint(tick), _SMALL[parts], *out))
 
 

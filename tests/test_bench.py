@@ -35,6 +35,24 @@ class Critter(SynkObject, type="bench-test-critter"):
     hp: int = 10
 
 
+def _one_tick_of_changes(
+    world: World, critters: list[Critter], sessions: list[Session], rng: random.Random, tick: int
+) -> None:
+    """Walks, hp changes, a deletion and a creation now and then, new views every 5 ticks."""
+    for c in critters:
+        if c.world is not None:
+            world.move(c, min(99.9, max(0, c.x + rng.uniform(-6, 6))), c.y)
+        if rng.random() < 0.1 and c.world is not None:
+            c.hp = rng.randrange(100)
+    if tick % 7 == 3:
+        world.delete(critters.pop(rng.randrange(len(critters))))
+        critters.append(world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))))
+    if tick % 5 == 0:
+        for s in sessions:
+            x, y = rng.uniform(0, 60), rng.uniform(0, 60)
+            s.view("main", (x, y, x + 30, y + 20), 1)
+
+
 def _as_lists(view: dict[str, tuple[str, int, dict[str, Any], str]]) -> dict[str, list[Any]]:
     return {oid: [t, v, s, k] for oid, (t, v, s, k) in view.items()}
 
@@ -63,18 +81,7 @@ def test_a_sampled_client_holds_what_the_reference_client_holds() -> None:
     for s in sessions:
         loop.attach(s)
     for tick in range(60):
-        for c in critters:
-            if c.world is not None:
-                world.move(c, min(99.9, max(0, c.x + rng.uniform(-6, 6))), c.y)
-            if rng.random() < 0.1 and c.world is not None:
-                c.hp = rng.randrange(100)
-        if tick % 7 == 3:
-            world.delete(critters.pop(rng.randrange(len(critters))))
-            critters.append(world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))))
-        if tick % 5 == 0:
-            for s in sessions:
-                x, y = rng.uniform(0, 60), rng.uniform(0, 60)
-                s.view("main", (x, y, x + 30, y + 20), 1)
+        _one_tick_of_changes(world, critters, sessions, rng, tick)
         loop.step()
         for s in sessions:
             if s.sid == "tight" and tick % 4:
@@ -138,18 +145,7 @@ def test_a_v2_sampled_client_holds_what_the_v2_reference_client_holds() -> None:
             ref.apply_frame(frame)
 
     for tick in range(60):
-        for c in critters:
-            if c.world is not None:
-                world.move(c, min(99.9, max(0, c.x + rng.uniform(-6, 6))), c.y)
-            if rng.random() < 0.1 and c.world is not None:
-                c.hp = rng.randrange(100)
-        if tick % 7 == 3:
-            world.delete(critters.pop(rng.randrange(len(critters))))
-            critters.append(world.create(Critter(x=rng.uniform(0, 99), y=rng.uniform(0, 99))))
-        if tick % 5 == 0:
-            for s in sessions:
-                x, y = rng.uniform(0, 60), rng.uniform(0, 60)
-                s.view("main", (x, y, x + 30, y + 20), 1)
+        _one_tick_of_changes(world, critters, sessions, rng, tick)
         loop.step()
         for s in sessions:
             if s.sid != "tight" or tick % 4 == 0:
