@@ -78,33 +78,53 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
-# KEYS: lease, stream, epoch counter. ARGV: "<node>|<epoch>", "<tick>-0", maxlen,
-# the node to hand the lease to ('' for none), its TTL in ms, then field, value, ...
-# The entry gets `p`, the tick of the stream's last entry, and `ne`, the new
-# epoch of a handed-over lease.
+# One call appends every region's entry of a tick (one script run, not one per
+# region: redis-py's cost per command, and Redis's, is most of an append).
+# KEYS: the epoch counter, then each region's lease and stream. ARGV: maxlen, then
+# per region "<node>|<epoch>", "<tick>-0", the node to hand the lease to ('' for
+# none), its TTL in ms, the number of field and value arguments, and those. Each
+# region's lease is checked apart, as if appended alone; the reply has one
+# {status, new epoch[, holder]} per region. The entry gets `p`, the tick of the
+# stream's last entry, and `ne`, the new epoch of a handed-over lease.
 _APPEND = """
-local held = redis.call('GET', KEYS[1])
-if not held then return {'UNHELD', 0} end
-if held ~= ARGV[1] then return {'FENCED', 0, held} end
-local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
-local prev = '-1'
-if #last > 0 then
-  prev = string.match(last[1][1], '^(%d+)')
-  if tonumber(string.match(ARGV[2], '^(%d+)')) <= tonumber(prev) then
-    return {'DUPLICATE', 0}
+local out = {}
+local a = 2
+for r = 1, (#KEYS - 1) / 2 do
+  local lease, stream = KEYS[2 * r], KEYS[2 * r + 1]
+  local owner, id, to, ttl = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local first = a + 5
+  a = first + tonumber(ARGV[a + 4])
+  local held = redis.call('GET', lease)
+  if not held then
+    out[r] = {'UNHELD', 0}
+  elseif held ~= owner then
+    out[r] = {'FENCED', 0, held}
+  else
+    local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+    local prev = '-1'
+    local duplicate = false
+    if #last > 0 then
+      prev = string.match(last[1][1], '^(%d+)')
+      duplicate = tonumber(string.match(id, '^(%d+)')) <= tonumber(prev)
+    end
+    if duplicate then
+      out[r] = {'DUPLICATE', 0}
+    else
+      local fields = {'p', prev}
+      local ne = 0
+      if to ~= '' then
+        ne = redis.call('INCR', KEYS[1])
+        table.insert(fields, 'ne')
+        table.insert(fields, tostring(ne))
+      end
+      for i = first, a - 1 do table.insert(fields, ARGV[i]) end
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], id, unpack(fields))
+      if ne ~= 0 then redis.call('SET', lease, to .. '|' .. ne, 'PX', ttl) end
+      out[r] = {'OK', ne}
+    end
   end
 end
-local fields = {'p', prev}
-local ne = 0
-if ARGV[4] ~= '' then
-  ne = redis.call('INCR', KEYS[3])
-  table.insert(fields, 'ne')
-  table.insert(fields, tostring(ne))
-end
-for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(fields))
-if ne ~= 0 then redis.call('SET', KEYS[1], ARGV[4] .. '|' .. ne, 'PX', ARGV[5]) end
-return {'OK', ne}
+return out
 """
 
 _APPEND_SHA = hashlib.sha1(_APPEND.encode()).hexdigest()
@@ -196,42 +216,24 @@ class RedisBackend(BusBackend):
     async def append(self, node: str, entries: list[Append]) -> list[AppendResult]:
         if not entries:
             return []
-        counter = self._k("epoch")
-        commands: list[list[Any]] = []
+        keys: list[Any] = [self._k("epoch")]
+        args: list[Any] = [self.maxlen]
         for e in entries:
-            command: list[Any] = [
-                _APPEND_SHA,
-                3,
-                self._k(f"lease:{e.region}"),
-                self._k(f"s:{e.region}"),
-                counter,
-                f"{node}|{e.epoch}",
-                f"{e.tick}-0",
-                self.maxlen,
-                e.transfer_to or "",
-                e.ttl_ms,
-            ]
+            keys += [self._k(f"lease:{e.region}"), self._k(f"s:{e.region}")]
+            args += [f"{node}|{e.epoch}", f"{e.tick}-0", e.transfer_to or "", e.ttl_ms]
+            args.append(2 * len(e.fields))
             for k, v in e.fields.items():
-                command += [k, v]
-            commands.append(command)
+                args += [k, v]
         async with _errors():
             await self._ensure_generation()
-            # EVALSHA straight into the pipeline: a script registered with a
-            # pipeline costs a SCRIPT EXISTS round trip on every execute (every tick).
-            # A Redis that does not know it (it restarted) runs none of them: it is
-            # loaded, and the appends sent again (an append is refused as DUPLICATE
-            # if it was made).
-            for attempt in (1, 2):
-                pipe = self._redis.pipeline(transaction=False)
-                for command in commands:
-                    pipe.evalsha(*command)
-                try:
-                    results = await pipe.execute()
-                    break
-                except NoScriptError:
-                    if attempt == 2:
-                        raise
-                    await self._redis.script_load(_APPEND)
+            # EVALSHA straight: a registered script costs a SCRIPT EXISTS round trip
+            # in a pipeline. A Redis that does not know it (it restarted) runs
+            # nothing: it is loaded and the call made again.
+            try:
+                results = await self._redis.evalsha(_APPEND_SHA, len(keys), *keys, *args)
+            except NoScriptError:
+                await self._redis.script_load(_APPEND)
+                results = await self._redis.evalsha(_APPEND_SHA, len(keys), *keys, *args)
         out = []
         for reply in results:
             status = AppendStatus(_text(reply[0]).lower())

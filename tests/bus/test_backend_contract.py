@@ -228,7 +228,7 @@ async def test_memory_faults_delay_drop_fence_and_disconnect() -> None:
 
 @pytest.mark.redis
 async def test_appends_go_on_after_redis_forgets_its_scripts(redis_server: Any) -> None:
-    # Appends send EVALSHA straight into their pipeline; a Redis that restarted
+    # An append is one EVALSHA, sent straight; a Redis that restarted
     # (or had SCRIPT FLUSH) knows no script: the append loads it and goes on.
     import redis.asyncio as aioredis
 
