@@ -38,6 +38,7 @@ from synkworld._bus_backend import (
     Record,
 )
 from synkworld._errors import BusUnavailableError
+from synkworld.bus._resp import RespConnection
 
 __all__ = ["RedisBackend"]
 
@@ -142,6 +143,8 @@ end
 return out
 """
 
+_TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest()
+
 
 class RedisBackend(BusBackend):
     """One process's connection to a world's keys in Redis."""
@@ -154,6 +157,9 @@ class RedisBackend(BusBackend):
         client_options.setdefault("socket_timeout", 5.0)
         client_options.setdefault("socket_connect_timeout", 2.0)
         self._redis: aioredis.Redis = aioredis.from_url(url, **client_options)
+        # The calls of every tick go through a lean connection of their own (see
+        # `_resp`); a TLS URL keeps them on redis-py.
+        self._fast = _lean_connection(self._redis, client_options)
         self._scripts: dict[str, Any] = {}
         self._generation: bytes | None = None
         self._losses = 0
@@ -226,14 +232,7 @@ class RedisBackend(BusBackend):
                 args += [k, v]
         async with _errors():
             await self._ensure_generation()
-            # EVALSHA straight: a registered script costs a SCRIPT EXISTS round trip
-            # in a pipeline. A Redis that does not know it (it restarted) runs
-            # nothing: it is loaded and the call made again.
-            try:
-                results = await self._redis.evalsha(_APPEND_SHA, len(keys), *keys, *args)
-            except NoScriptError:
-                await self._redis.script_load(_APPEND)
-                results = await self._redis.evalsha(_APPEND_SHA, len(keys), *keys, *args)
+            results = await self._evalsha(_APPEND_SHA, _APPEND, keys, args)
         out = []
         for reply in results:
             status = AppendStatus(_text(reply[0]).lower())
@@ -268,10 +267,13 @@ class RedisBackend(BusBackend):
             # even BLOCK 1 can take that long. Entries wake a blocked read at once.
             block = int(timeout_s * 1000)
             # The generation is read in the same round trip, just before the entries.
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.get(self._k("gen"))
-            pipe.xread(streams, count=256, block=block if block >= 1 else None)
-            generation, reply = await pipe.execute()
+            xread: list[Any] = ["XREAD", "COUNT", 256]
+            if block >= 1:
+                xread += ["BLOCK", block]
+            xread += ["STREAMS", *streams, *streams.values()]
+            generation, reply = await self._hot(
+                ["GET", self._k("gen")], xread, extra_wait_s=max(block, 0) / 1000
+            )
             await self._note_generation(_raw_or_none(generation))
             wiped = self._losses != self._losses_read
             self._losses_read = self._losses
@@ -285,7 +287,10 @@ class RedisBackend(BusBackend):
             cursor = cursors[region]
             for n, (entry_id, raw) in enumerate(entries):
                 tick = int(_text(entry_id).split("-")[0])
-                fields = dict(raw)
+                # redis-py gives the fields as a dict, the lean connection as a flat list.
+                fields = (
+                    raw if isinstance(raw, dict) else dict(zip(raw[::2], raw[1::2], strict=True))
+                )
                 prev = int(fields.pop(b"p", b"-1"))
                 ne = fields.pop(b"ne", None)
                 if n == 0 and cursor >= 0 and prev not in (cursor, -1):
@@ -298,17 +303,14 @@ class RedisBackend(BusBackend):
         if not asked:
             return
         async with _errors():
-            pipe = self._redis.pipeline(transaction=False)
-            for region, keys in asked.items():
-                pipe.sadd(self._k(f"w:{region}"), *keys)
-            await pipe.execute()
+            await self._hot(*(["SADD", self._k(f"w:{r}"), *keys] for r, keys in asked.items()))
 
     async def take_wanted(self, regions: Collection[str]) -> dict[str, set[str]]:
         regions = list(regions)
         if not regions:
             return {}
         async with _errors():
-            flat = await self._script("take", _TAKE)(keys=[self._k(f"w:{r}") for r in regions])
+            flat = await self._evalsha(_TAKE_SHA, _TAKE, [self._k(f"w:{r}") for r in regions], [])
         out: dict[str, set[str]] = {}
         for i in range(0, len(flat), 2):
             out[regions[int(flat[i]) - 1]] = {k.decode() for k in flat[i + 1]}
@@ -348,7 +350,35 @@ class RedisBackend(BusBackend):
         return [_raw(first[1]), *(_raw(m) for m in rest)]
 
     async def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
         await self._redis.aclose()
+
+    # -- the calls of every tick ---------------------------------------------------------
+
+    async def _hot(self, *commands: list[Any], extra_wait_s: float = 0.0) -> list[Any]:
+        """The replies to commands sent in one round trip (an error reply raises)."""
+        if self._fast is not None:
+            return await self._fast.call(*commands, extra_wait_s=extra_wait_s)
+        pipe = self._redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return list(await pipe.execute())
+
+    async def _evalsha(self, sha: str, source: str, keys: list[Any], args: list[Any]) -> Any:
+        """Runs a script by its SHA, loading it first into a Redis that does not know it.
+
+        EVALSHA straight: a script registered with redis-py costs a SCRIPT EXISTS
+        round trip in a pipeline. A Redis that restarted knows no script and ran
+        nothing: it is loaded and the call made again.
+        """
+        command = ["EVALSHA", sha, len(keys), *keys, *args]
+        try:
+            (reply,) = await self._hot(command)
+        except NoScriptError:
+            await self._hot(["SCRIPT", "LOAD", source])
+            (reply,) = await self._hot(command)
+        return reply
 
     # -- Redis losing its data -----------------------------------------------------------
 
@@ -376,6 +406,25 @@ class RedisBackend(BusBackend):
         self._generation = _raw_or_none(await self._redis.get(key))
         self._losses += 1
         return True
+
+
+def _lean_connection(client: aioredis.Redis, options: Mapping[str, Any]) -> RespConnection | None:
+    """A `RespConnection` to the server the client talks to, or None for TLS."""
+    pool = client.connection_pool
+    kw = pool.connection_kwargs
+    if issubclass(pool.connection_class, aioredis.SSLConnection):
+        return None
+    unix = issubclass(pool.connection_class, aioredis.UnixDomainSocketConnection)
+    return RespConnection(
+        host=kw.get("host", "127.0.0.1"),
+        port=int(kw.get("port", 6379)),
+        path=kw.get("path") if unix else None,
+        db=int(kw.get("db") or 0),
+        username=kw.get("username"),
+        password=kw.get("password"),
+        timeout_s=float(options["socket_timeout"]),
+        connect_timeout_s=float(options["socket_connect_timeout"]),
+    )
 
 
 def _text(value: bytes | str) -> str:

@@ -30,6 +30,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket_path(self) -> Path:
+        """Its Unix socket, beside the log."""
+        return self.log_path.with_suffix(".sock")
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
@@ -53,6 +58,10 @@ class RedisServer:
                     # Blocked reads time out when the server wakes: 10 ms, not 100.
                     "--hz",
                     "100",
+                    "--unixsocket",
+                    str(self.socket_path),
+                    "--unixsocketperm",
+                    "700",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
