@@ -109,12 +109,14 @@ class Persistence:
         """Marks a tick's changed and deleted ids for writing (cheap; no I/O)."""
         if changes.released_ids:
             self.writer.forget(changes.released_ids)
-        changed = changes.changed_ids
+        self.writer.mark(
+            changes.tick, changes.changed_ids, changes.deleted_ids, changes.created_ids
+        )
         if changes.outgoing:
             # Handed to another process: written once more as they left (the source says
-            # how), so that the store has them where they went.
-            changed = [*changed, *(h.id for h in changes.outgoing)]
-        self.writer.mark(changes.tick, changed, changes.deleted_ids, changes.created_ids)
+            # how), so that the store has them where they went. A mark of their own, not
+            # a copy of the tick's thousands of ids with them.
+            self.writer.mark(changes.tick, [h.id for h in changes.outgoing], ())
 
     async def flush(self) -> None:
         """Returns when everything changed so far, committed or not, is durable."""

@@ -466,11 +466,6 @@ class World:
                 out, per_object, moved_mask, moved, new_codes, changed_ids, outgoing, released
             )
 
-        # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
-        if len(plain):
-            self._plain_motion(out, plain, plain_codes)
-            changed_ids.extend(cols.ids[plain].tolist())
-
         created_ids = [
             oid for oid in self._created if oid not in self._from_store and oid not in held_back
         ]
@@ -479,11 +474,18 @@ class World:
             self._adopted = []
         released_ids = [o.id for o in released]
         if released:
+            # Before the plain motion's ids go in: those stayed in their cell, so none
+            # left, and they are most of a tick's ids.
             gone = set(released_ids)
             changed_ids = [i for i in changed_ids if i not in gone]
             created_ids = [i for i in created_ids if i not in gone]
-            for obj in released:
-                self._leave(obj)
+
+        # 5. Plain motion inside a cell: the compact `mv` arrays, one group per cell.
+        if len(plain):
+            self._plain_motion(out, plain, plain_codes)
+            changed_ids.extend(cols.ids[plain].tolist())
+        for obj in released:
+            self._leave(obj)
         if self._transient:
             changed_ids, deleted_ids, created_ids = self._persisted(
                 changed_ids, deleted_ids, created_ids
