@@ -273,25 +273,32 @@ class InProcessCluster:
         the bus say which were adopted.
         """
         acked = self._acknowledged()
-        docs = {
-            oid: sent.doc
-            for p in self.live
-            for oid, sent in p.node.port._outbox.items()
-            # The frames showed it arrive; otherwise it shows when adopted.
-            if sent.shown and (oid, sent.key) not in acked
-        }
+        docs: dict[str, dict[str, Any]] = {}
+        for p in self.live:
+            for oid, sent in p.node.port._outbox.items():
+                # The frames showed it arrive; otherwise it shows when adopted.
+                if not sent.shown or (oid, sent.src_region, sent.tick) in acked:
+                    continue
+                # Handed on again before the first handover's acknowledgement came back
+                # (its adopter's entries are late): the newer handover is where it is.
+                if oid not in docs or sent.doc["v"] > docs[oid]["v"]:
+                    docs[oid] = sent.doc
         for p in self.live:
             for oid in [oid for oid in docs if p.world.get(oid) is not None]:
                 del docs[oid]
         return docs
 
-    def _acknowledged(self) -> set[tuple[str, str]]:
-        """(id, key) of every adoption an entry on the bus acknowledges."""
-        out: set[tuple[str, str]] = set()
+    def _acknowledged(self) -> set[tuple[str, str, int]]:
+        """(id, source region, source tick) of every adoption an entry on the bus acknowledges.
+
+        Not (id, key): an object can be handed into the same key again, and an old
+        acknowledgement must not count for the new handover.
+        """
+        out: set[tuple[str, str, int]] = set()
         for stream in self.hub._streams.values():
             for record, _, _ in stream.entries:
                 header = orjson.loads(record.fields[b"h"])
-                out.update((str(oid), str(key)) for oid, key, _, _ in header.get("ad", ()))
+                out.update((str(i), str(r), int(t)) for i, _, r, t in header.get("ad", ()))
         return out
 
     def ids(self) -> dict[str, str]:
