@@ -23,8 +23,16 @@ _NONE: list[Any] = []
 class SnapshotsAt(Protocol):
     """A tick's snapshots on a shared map (the cluster port)."""
 
-    def snapshot_now(self, key: str) -> bytes | None:
-        """The key's snapshot as of this tick, or None (asked for, for the next tick)."""
+    def snapshot_now(self, key: str, ask: bool = True) -> bytes | None:
+        """The key's snapshot as of this tick, or None (then asked for, for the next tick,
+        unless `ask` is false)."""
+        ...
+
+    def may_ask(self, keys: list[str]) -> bool:
+        """Tells whether asking for these keys' snapshots stays within this tick's budget.
+
+        True whenever nothing is asked for yet, so that every resync gets its turn.
+        """
         ...
 
     def want_next(self, key: str) -> None:
@@ -66,12 +74,16 @@ class ClusterFrames:
         added, removed = session.subscription_change()
         gone = set(removed)
         held = sorted(k for k in session.held if k not in gone)
-        held_snaps = list(map(snapshot_now, held))
+        held_snaps = [snapshot_now(key, False) for key in held]
         ready, added_snaps = self._ready(tick, session, added)
         if None in held_snaps:
-            # Every held key must be in a resync, as of one tick: ask for them all.
-            for key in held:
-                self._snaps.want_next(key)
+            # Every held key must be in a resync, as of one tick: ask for them all. A
+            # late region owes a resync to every session holding its cells; asked for
+            # at once, their snapshots made the owner's next entry late too, and so on
+            # for good. Within the tick's budget, the sessions resync in turns instead.
+            if self._snaps.may_ask(held):
+                for key in held:
+                    self._snaps.want_next(key)
             return None
         session.take_subscription_change(ready, removed)
         snaps: list[bytes] = [b for b in held_snaps if b is not None] + added_snaps

@@ -119,6 +119,7 @@ class ClusterPort(BusPort):
         lease_ttl_ms: int = 5000,
         resend_after_s: float = 5.0,
         forget: Callable[[list[str]], None] | None = None,
+        snapshot_budget: int = 128,
     ) -> None:
         self.world = world
         self.backend = backend
@@ -130,6 +131,8 @@ class ClusterPort(BusPort):
         self.deadline = deadline or (lambda tick: clock())
         self.lease_ttl_ms = lease_ttl_ms
         self.resend_after_s = resend_after_s
+        # Snapshots asked of other owners per tick, beyond which resyncs wait their turn.
+        self.snapshot_budget = snapshot_budget
         # Tells the write-behind to drop what it owes for objects gone elsewhere.
         self.forget = forget or (lambda ids: None)
         # Tells the write-behind to write these again (a handover decided after its
@@ -823,7 +826,7 @@ class ClusterPort(BusPort):
     def snapshot(self, key: str) -> bytes | None:
         return self.snapshot_now(key)
 
-    def snapshot_now(self, key: str) -> bytes | None:
+    def snapshot_now(self, key: str, ask: bool = True) -> bytes | None:
         region = self._region(key)
         if region in self.owned:
             if self.world.tick != self._framing:
@@ -834,7 +837,8 @@ class ClusterPort(BusPort):
         else:
             snap = self._snaps.get(key)
             if snap is None or region in self._late:
-                self.want_next(key)
+                if ask:
+                    self.want_next(key)
                 return None
         adds = self._incoming.get(key)
         if adds and snap is not None:
@@ -859,6 +863,19 @@ class ClusterPort(BusPort):
         region = self._region(key)
         if region not in self.owned:
             self._wants.setdefault(region, set()).add(key)
+
+    def may_ask(self, keys: list[str]) -> bool:
+        wants = self._wants
+        asked = sum(map(len, wants.values()))
+        if not asked:
+            return True
+        owned, region_of = self.owned, self._region
+        new = 0
+        for key in keys:
+            region = region_of(key)
+            if region not in owned and key not in wants.get(region, ()):
+                new += 1
+        return asked + new <= self.snapshot_budget
 
     def asked_at(self, session: Session, pending: list[str], tick: int) -> list[int]:
         before = self._asked.get(session.sid, {})

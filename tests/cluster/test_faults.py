@@ -10,11 +10,12 @@ one world, and do twins receive identical bytes from here on?
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pytest
 
 from synkworld.store import WriteBatch
-from tests.cluster.support import RATE, SIZE, TTL, Client, InProcessCluster, Proc, Walker
+from tests.cluster.support import CELL, RATE, SIZE, TTL, Client, InProcessCluster, Proc, Walker
 from tests.cluster.test_inprocess import walker
 
 TTL_TICKS = int(TTL * RATE)
@@ -530,3 +531,52 @@ async def test_a_stalled_owner_that_deletes_on_waking_removes_nothing_of_its_suc
     assert victim in stored
     await cluster.run(3 * TTL_TICKS)
     assert set(cluster.ids()) == ids
+
+
+async def test_late_regions_resync_many_holders_in_turns_within_the_snapshot_budget() -> None:
+    # Every cell of one owner held by a session of its own on another process: when
+    # the owner's regions are late, each of them owes a resync. Asked for all at once,
+    # their snapshots made the owner's next entry late too, and so on (at E=10k C=500
+    # the bench's two processes never recovered); in turns, a few keys a tick, they do.
+    rng = random.Random(7)
+    cluster = InProcessCluster(owners=2, gateways=0)
+    docs = [walker(f"w{i}", rng.uniform(0, SIZE - 1), rng.uniform(0, SIZE - 1)) for i in range(80)]
+    await cluster.store.apply(WriteBatch(upserts=docs))
+    await cluster.start()
+    p0, p1 = cluster.procs
+    regions = sorted(p0.node.port.owned)
+    held_keys = p0.world.keys()  # a list, not a dict's view
+    parsed = [p0.world.grid.parse_key(key) for key in held_keys]
+    cells = sorted({(cx, cy) for _, cx, cy in filter(None, parsed)})
+    for cx, cy in cells:
+        c = cluster.connect(p1)
+        rect = (cx * CELL + 1, cy * CELL + 1, cx * CELL + 2, cy * CELL + 2)
+        c.session.view("main", rect, margin=0)
+    await cluster.run(3, before_tick=lambda n: walk(cluster, rng), check=True, twins=False)
+    budget = 3
+    port = p1.node.port
+    port.snapshot_budget = budget
+    asked: list[int] = []
+    want = port.backend.want
+
+    async def counted(wants: Any) -> None:
+        asked.append(sum(map(len, wants.values())))
+        await want(wants)
+
+    port.backend.want = counted  # type: ignore[method-assign]
+    for region in regions:
+        cluster.hub.delay(region, 3 / RATE)
+    await cluster.run(4, before_tick=lambda n: walk(cluster, rng), check=True, twins=False)
+    owed = sum(c.session.resync_owed for c in p1.clients)
+    assert owed > 3 * budget
+    for region in regions:
+        cluster.hub.delay(region, 0)
+    asked.clear()
+    await cluster.run(
+        3 * TTL_TICKS, before_tick=lambda n: walk(cluster, rng), check=True, twins=False
+    )
+    assert cluster.owed() == 0
+    # Walkers crossing into cells a session starts to hold add a key now and then.
+    assert max(asked) <= budget + 2, asked
+    assert sum(1 for a in asked if a) >= owed // budget
+    await cluster.stop()
