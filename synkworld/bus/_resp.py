@@ -84,7 +84,7 @@ class RespConnection:
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self._replies: _Replies | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting = asyncio.Lock()  # binds to a loop at first use, not here
 
     async def call(self, *commands: Command, extra_wait_s: float = 0.0) -> list[Any]:
         """The replies to the commands, in order; `extra_wait_s` for a command that blocks.
@@ -120,8 +120,6 @@ class RespConnection:
         replies = self._replies
         if replies is not None and replies.lost is None:
             return replies
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
         async with self._connecting:
             replies = self._replies
             if replies is not None and replies.lost is None:
